@@ -1,0 +1,153 @@
+"""`create_app(settings)`: the broker as an ASGI application.
+
+Nothing is built at import time. The lifespan builds the engine, the shared
+httpx client, the keyring and the services, and tears them down in reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from importlib.metadata import version
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service.audit import AuditBuffer
+from service.auth import Authenticator
+from service.crypto import Keyring, KeyringError
+from service.db import Database, create_engine, head_revision
+from service.deps import BrokerState
+from service.errors import (
+    install_problem_handlers,
+    retag_problem_media_types,
+    unexpected_error_response,
+)
+from service.observability import (
+    RequestContextMiddleware,
+    configure_logging,
+    install_request_id_on_records,
+)
+from service.routers import accounts, health
+from service.settings import ConfigurationError, Settings, env_name, load_settings
+
+log = logging.getLogger("token_broker")
+
+DESCRIPTION = """
+Token Broker owns Google's server-side OAuth 2.0 flow with offline access for Gmail:
+it exchanges the authorization code once, keeps each account's refresh token
+encrypted, and hands internal services fresh access tokens and complete Gmail
+message listings.
+
+Every `/v1` endpoint except the OAuth callback takes an API key as
+`Authorization: Bearer tbk_...`. Every error is `application/problem+json`
+(RFC 9457) with a stable `code`.
+"""
+
+
+def build_keyring(settings: Settings) -> Keyring:
+    if settings.encryption_keys is None:
+        if not settings.is_development:
+            raise ConfigurationError(
+                [f"{env_name('encryption_keys')}: required outside development"]
+            )
+        log.warning(
+            "no %s set: using a throwaway key; secrets stored now will not open after a restart",
+            env_name("encryption_keys"),
+        )
+        return Keyring.parse(Keyring.generate_entry("ephemeral"))
+    try:
+        return Keyring.parse(settings.encryption_keys.get_secret_value())
+    except KeyringError as error:
+        raise ConfigurationError([f"{env_name('encryption_keys')}: {error}"]) from None
+
+
+def build_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The one upstream client: explicit timeouts and pool limits, no redirects followed."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(
+            settings.http_timeout_seconds, connect=settings.http_connect_timeout_seconds
+        ),
+        limits=httpx.Limits(
+            max_connections=settings.http_max_connections,
+            max_keepalive_connections=settings.http_max_connections,
+        ),
+        headers={"User-Agent": f"token-broker/{version('token-broker')}"},
+        follow_redirects=False,
+    )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    install_request_id_on_records()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        problems = settings.serving_problems()
+        if problems:
+            raise ConfigurationError(problems)
+        keyring = build_keyring(settings)
+        async with AsyncExitStack() as stack:
+            database = Database(
+                create_engine(
+                    settings.database_url,
+                    pool_size=settings.db_pool_size,
+                    max_overflow=settings.db_max_overflow,
+                    pool_timeout=settings.db_pool_timeout_seconds,
+                )
+            )
+            stack.push_async_callback(database.dispose)
+            http = build_http_client(settings)
+            stack.push_async_callback(http.aclose)
+            audit = AuditBuffer(database)
+            audit.start()
+            stack.push_async_callback(audit.stop)
+            app.state.broker = BrokerState(
+                settings=settings,
+                database=database,
+                http=http,
+                keyring=keyring,
+                authenticator=Authenticator(database, ttl=settings.api_key_cache_seconds),
+                audit=audit,
+                head_revision=head_revision(),
+            )
+            yield
+
+    app = FastAPI(
+        title="Token Broker",
+        version=version("token-broker"),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    app.add_middleware(
+        RequestContextMiddleware,
+        access_log=settings.access_log,
+        error_response=unexpected_error_response,
+    )
+    app.include_router(health.router)
+    app.include_router(accounts.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = retag_problem_media_types(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """Entry point for `uvicorn --factory` (one call per worker process)."""
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.effective_log_format)
+    return create_app(settings)

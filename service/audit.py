@@ -1,0 +1,119 @@
+"""Audit events: who did what to which account, with which outcome. Never secrets.
+
+State changes (account connected, revoked, deleted) are written in the same
+transaction as the change, so they are never lost. High-volume events (tokens
+issued, listings) go through `AuditBuffer`, which writes them in batches: the hot
+path pays for an append, and a crash loses at most one flush interval of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from enum import StrEnum
+from typing import Any
+
+from service.db import Database
+from service.models import utcnow
+from service.observability import current_request_id
+from service.repositories import AuditRepository
+
+log = logging.getLogger("token_broker.audit")
+
+
+class Action(StrEnum):
+    AUTHORIZATION_STARTED = "authorization_started"
+    ACCOUNT_CONNECTED = "account_connected"
+    TOKEN_ISSUED = "token_issued"
+    REFRESH = "refresh"
+    ACCOUNT_REVOKED = "account_revoked"
+    ACCOUNT_DELETED = "account_deleted"
+    MESSAGES_LISTED = "messages_listed"
+    KEY_ROTATION = "key_rotation"
+    CLIENT_CREATED = "client_created"
+    CLIENT_REVOKED = "client_revoked"
+
+
+def audit_event(
+    action: Action,
+    outcome: str,
+    *,
+    client_id: str | None = None,
+    account_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "at": utcnow(),
+        "action": action.value,
+        "outcome": outcome,
+        "client_id": client_id,
+        "account_id": account_id,
+        "request_id": current_request_id(),
+        "detail": detail,
+    }
+
+
+class AuditBuffer:
+    """Batches audit events and writes them every `interval` seconds in one transaction."""
+
+    def __init__(
+        self, database: Database, *, interval: float = 1.0, max_pending: int = 100_000
+    ) -> None:
+        self.database = database
+        self.interval = interval
+        self._pending: deque[dict[str, Any]] = deque(maxlen=max_pending)
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    def record(
+        self,
+        action: Action,
+        outcome: str,
+        *,
+        client_id: str | None = None,
+        account_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        if len(self._pending) == self._pending.maxlen:
+            self.dropped += 1
+        self._pending.append(
+            audit_event(action, outcome, client_id=client_id, account_id=account_id, detail=detail)
+        )
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def flush(self) -> int:
+        if not self._pending:
+            return 0
+        batch = list(self._pending)
+        self._pending.clear()
+        try:
+            async with self.database.transaction() as session:
+                await AuditRepository(session).add_many(batch)
+        except Exception:
+            # Keep the events for the next attempt (the deque bounds memory if the
+            # database stays away); log without the events themselves.
+            self._pending.extendleft(reversed(batch))
+            log.warning("audit flush failed; %d events kept for retry", len(batch), exc_info=True)
+            return 0
+        return len(batch)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="audit-flush")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.flush()

@@ -1,0 +1,200 @@
+"""`token-broker` (also `python -m service`): serve, migrate, check, clients, keys."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+import uvicorn
+
+from service.auth import ClientService, Permission
+from service.crypto import Keyring, KeyringError
+from service.db import Database, create_engine, head_revision, migrate
+from service.errors import BrokerError
+from service.settings import ConfigurationError, Settings, env_name, load_settings
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Token Broker: Google OAuth offline access and Gmail listings for internal services.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+clients_app = typer.Typer(help="API clients and their keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="Encryption keys for secrets at rest.", no_args_is_help=True)
+app.add_typer(clients_app, name="clients")
+app.add_typer(keys_app, name="keys")
+
+
+def fail(lines: list[str], code: int = 2) -> typer.Exit:
+    for line in lines:
+        typer.echo(line, err=True)
+    return typer.Exit(code)
+
+
+def settings_or_exit(**overrides: object) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ConfigurationError as error:
+        raise fail(["configuration error:", *(f"  {p}" for p in error.problems)]) from None
+
+
+def with_database(settings: Settings, operation: Callable[[Database], Awaitable[T]]) -> T:
+    async def run() -> T:
+        database = Database(create_engine(settings.database_url))
+        try:
+            return await operation(database)
+        finally:
+            await database.dispose()
+
+    try:
+        return asyncio.run(run())
+    except BrokerError as error:
+        raise fail([f"error: {error.detail}"], code=1) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Serve the broker's REST API."""
+    settings = settings_or_exit()
+    problems = settings.serving_problems()
+    if problems:
+        raise fail(["configuration error:", *(f"  {p}" for p in problems)])
+    if workers > 1 and not settings.is_postgres:
+        raise fail(
+            [
+                f"{env_name('database_url')}: several workers need Postgres; SQLite serves one "
+                "process (its refresh lock is in-process)"
+            ]
+        )
+    uvicorn.run(
+        "service.app:create_app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        server_header=False,
+    )
+
+
+@app.command("migrate")
+def migrate_command() -> None:
+    """Wait for the database (bounded), then upgrade its schema to the latest migration."""
+    settings = settings_or_exit()
+    try:
+        revision = asyncio.run(
+            migrate(settings.database_url, wait_seconds=settings.migrate_wait_seconds)
+        )
+    except Exception as error:
+        raise fail([f"migration failed: {type(error).__name__}: {error}"], code=1) from None
+    typer.echo(f"database at revision {revision} (head)")
+
+
+@app.command()
+def check() -> None:
+    """Validate configuration, database, schema and keyring; one line per check."""
+    try:
+        settings = load_settings()
+    except ConfigurationError as error:
+        raise fail([f"FAIL configuration: {p}" for p in error.problems], code=1) from None
+    lines: list[str] = []
+    failed = False
+
+    def report(name: str, problem: str | None) -> None:
+        nonlocal failed
+        failed = failed or problem is not None
+        lines.append(f"ok   {name}" if problem is None else f"FAIL {name}: {problem}")
+
+    problems = settings.serving_problems()
+    report("configuration", "; ".join(problems) if problems else None)
+    if settings.encryption_keys is None:
+        report("keyring", f"{env_name('encryption_keys')} is not set")
+    else:
+        try:
+            keyring = Keyring.parse(settings.encryption_keys.get_secret_value())
+            report(f"keyring ({len(keyring.key_ids)} keys, primary {keyring.primary_kid})", None)
+        except KeyringError as error:
+            report("keyring", str(error))
+
+    async def database_checks(database: Database) -> None:
+        try:
+            await database.ping()
+        except Exception as error:
+            report("database", f"unreachable: {type(error).__name__}")
+            return
+        report("database", None)
+        revision = await database.schema_revision()
+        head = head_revision()
+        report(
+            "schema",
+            None if revision == head else f"at {revision or 'nothing'}, head {head}; run migrate",
+        )
+
+    with_database(settings, database_checks)
+    for line in lines:
+        typer.echo(line)
+    if failed:
+        raise typer.Exit(1)
+
+
+@clients_app.command("create")
+def clients_create(
+    name: Annotated[str, typer.Argument(help="A unique name for the calling service.")],
+    permission: Annotated[
+        list[Permission], typer.Option("--permission", "-p", help="Repeat for each permission.")
+    ],
+) -> None:
+    """Create an API client and print its key (shown this once only)."""
+    settings = settings_or_exit()
+    client, key = with_database(
+        settings, lambda db: ClientService(db).create(name, [p.value for p in permission])
+    )
+    typer.echo(f"created API client {client.name} ({client.permissions})", err=True)
+    typer.echo("its key follows; it is shown only now:", err=True)
+    typer.echo(key)
+
+
+@clients_app.command("list")
+def clients_list() -> None:
+    """List API clients: names, permissions, created and revoked times. Never keys."""
+    settings = settings_or_exit()
+    clients = with_database(settings, lambda db: ClientService(db).list())
+    typer.echo(f"{'NAME':<24} {'PERMISSIONS':<56} {'CREATED':<25} REVOKED")
+    for client in clients:
+        revoked = client.revoked_at.isoformat(timespec="seconds") if client.revoked_at else "-"
+        typer.echo(
+            f"{client.name:<24} {client.permissions:<56} "
+            f"{client.created_at.isoformat(timespec='seconds'):<25} {revoked}"
+        )
+
+
+@clients_app.command("revoke")
+def clients_revoke(name: Annotated[str, typer.Argument(help="The client's name.")]) -> None:
+    """Revoke an API client's key."""
+    settings = settings_or_exit()
+    client = with_database(settings, lambda db: ClientService(db).revoke(name))
+    typer.echo(f"revoked API client {client.name}")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    kid: Annotated[str | None, typer.Option(help="Key id (default: k<date><random>).")] = None,
+) -> None:
+    """Print a new kid:base64key entry; put it first in TOKEN_BROKER_ENCRYPTION_KEYS."""
+    try:
+        typer.echo(Keyring.generate_entry(kid))
+    except KeyringError as error:
+        raise fail([f"error: {error}"]) from None
+
+
+def main() -> None:
+    app(prog_name="token-broker")

@@ -1,0 +1,64 @@
+"""What routes depend on: the typed application state and the authenticated caller."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+import httpx
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.audit import AuditBuffer
+from service.auth import Authenticator, Caller, Permission
+from service.crypto import Keyring
+from service.db import Database
+from service.settings import Settings
+
+
+@dataclass
+class BrokerState:
+    """Everything `create_app` builds in its lifespan; one per application."""
+
+    settings: Settings
+    database: Database
+    http: httpx.AsyncClient
+    keyring: Keyring
+    authenticator: Authenticator
+    audit: AuditBuffer
+    head_revision: str
+
+
+def get_state(request: Request) -> BrokerState:
+    state: BrokerState = request.app.state.broker
+    return state
+
+
+State = Annotated[BrokerState, Depends(get_state)]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key from `token-broker clients create`, sent as a Bearer token.",
+)
+
+
+def require(permission: Permission) -> Callable[..., Awaitable[Caller]]:
+    async def authenticated_caller(
+        state: State,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Caller:
+        caller = await state.authenticator.authenticate(
+            credentials.credentials if credentials else None
+        )
+        caller.require(permission)
+        return caller
+
+    return authenticated_caller
+
+
+TokensReader = Annotated[Caller, Depends(require(Permission.TOKENS_READ))]
+MessagesReader = Annotated[Caller, Depends(require(Permission.MESSAGES_READ))]
+AccountsReader = Annotated[Caller, Depends(require(Permission.ACCOUNTS_READ))]
+AccountsWriter = Annotated[Caller, Depends(require(Permission.ACCOUNTS_WRITE))]

@@ -1,0 +1,352 @@
+"""One error hierarchy, mapped to RFC 9457 problem+json in one place.
+
+Every failure a caller can see is a `BrokerError` subclass with a stable `code`.
+Messages are written here or by the services; they never carry a token, code,
+secret or API key, and upstream bodies are never echoed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.observability import current_request_id
+from service.schemas import Problem
+
+log = logging.getLogger("token_broker.errors")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+def problem_type(code: str) -> str:
+    return f"urn:token-broker:problem:{code}"
+
+
+class BrokerError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal error"
+    default_detail: ClassVar[str] = "The broker failed unexpectedly; the request id identifies it."
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        authorization_url: str | None = None,
+        retry_after: int | None = None,
+        **extensions: Any,
+    ) -> None:
+        self.detail = detail or self.default_detail
+        self.authorization_url = authorization_url
+        self.retry_after = retry_after
+        self.extensions = extensions
+        super().__init__(self.detail)
+
+    def problem(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": problem_type(self.code),
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+        }
+        if self.authorization_url is not None:
+            body["authorization_url"] = self.authorization_url
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
+        body.update(self.extensions)
+        request_id = current_request_id()
+        if request_id is not None:
+            body["request_id"] = request_id
+        return body
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is not None:
+            return {"Retry-After": str(self.retry_after)}
+        return {}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            self.problem(),
+            status_code=self.status,
+            headers=self.headers(),
+            media_type=PROBLEM_MEDIA_TYPE,
+        )
+
+
+class InternalError(BrokerError):
+    pass
+
+
+class ValidationFailed(BrokerError):
+    status = 422
+    code = "validation_failed"
+    title = "Request validation failed"
+    default_detail = "The request does not match the documented schema."
+
+
+class BadRequest(BrokerError):
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+    default_detail = "The request cannot be processed."
+
+
+class InvalidCursor(BrokerError):
+    status = 400
+    code = "invalid_cursor"
+    title = "Invalid cursor"
+    default_detail = "cursor is not one this API returned; start again without it."
+
+
+class ReturnToNotAllowed(BrokerError):
+    status = 400
+    code = "return_to_not_allowed"
+    title = "return_to is not allowed"
+    default_detail = "return_to does not match any entry of TOKEN_BROKER_RETURN_TO_ALLOWLIST."
+
+
+class ScopeNotAllowed(BrokerError):
+    status = 400
+    code = "scope_not_allowed"
+    title = "Scope not allowed"
+    default_detail = "Only scopes configured in TOKEN_BROKER_SCOPES may be requested."
+
+
+class Unauthenticated(BrokerError):
+    status = 401
+    code = "unauthenticated"
+    title = "Unauthenticated"
+    default_detail = "Send a valid API key as `Authorization: Bearer <key>`."
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(BrokerError):
+    status = 403
+    code = "forbidden"
+    title = "Forbidden"
+    default_detail = "This API client lacks the permission this operation needs."
+
+
+class NotFound(BrokerError):
+    status = 404
+    code = "not_found"
+    title = "Not found"
+    default_detail = "No such resource."
+
+
+class AccountNotFound(BrokerError):
+    status = 404
+    code = "account_not_found"
+    title = "Account not found"
+    default_detail = "No connected account has that subject id or email address."
+
+
+class MethodNotAllowed(BrokerError):
+    status = 405
+    code = "method_not_allowed"
+    title = "Method not allowed"
+    default_detail = "This resource does not support that method."
+
+
+class PayloadTooLarge(BrokerError):
+    status = 413
+    code = "payload_too_large"
+    title = "Payload too large"
+    default_detail = "The request body exceeds the broker's limit."
+
+
+class InvalidState(BrokerError):
+    status = 400
+    code = "invalid_state"
+    title = "Invalid OAuth state"
+    default_detail = "The state is unknown, already used or expired; start the authorization again."
+
+
+class AccessDenied(BrokerError):
+    status = 400
+    code = "access_denied"
+    title = "Access denied"
+    default_detail = "The user did not grant access."
+
+
+class CodeExchangeFailed(BrokerError):
+    status = 400
+    code = "code_exchange_failed"
+    title = "Authorization code exchange failed"
+    default_detail = (
+        "The provider refused the authorization code (bad, used or expired code, wrong "
+        "verifier or redirect URI); send the user to authorization_url."
+    )
+
+
+class NoRefreshToken(BrokerError):
+    status = 409
+    code = "no_refresh_token"
+    title = "No refresh token"
+    default_detail = (
+        "The provider returned no refresh token and none is stored for this account; "
+        "send the user to authorization_url, which forces consent."
+    )
+
+
+class ScopeNotGranted(BrokerError):
+    status = 403
+    code = "scope_not_granted"
+    title = "Required scope not granted"
+    default_detail = "The user did not grant a scope the broker requires."
+
+
+class ReauthorizationRequired(BrokerError):
+    status = 409
+    code = "reauthorization_required"
+    title = "Reauthorization required"
+    default_detail = (
+        "The account's grant was revoked or expired; send the user to authorization_url."
+    )
+
+
+class NoUserId(BrokerError):
+    status = 502
+    code = "no_user_id"
+    title = "No user id"
+    default_detail = "The provider returned no subject id for the account (ID token or userinfo)."
+
+
+class UpstreamError(BrokerError):
+    status = 502
+    code = "upstream_error"
+    title = "Upstream error"
+    default_detail = "The provider answered with an error the broker cannot recover from."
+
+
+class ProviderRejectedClient(BrokerError):
+    status = 502
+    code = "provider_rejected_client"
+    title = "Provider rejected the broker's client credentials"
+    default_detail = (
+        "The provider answered invalid_client: the operator must check "
+        "TOKEN_BROKER_GOOGLE_CLIENT_ID / TOKEN_BROKER_GOOGLE_CLIENT_SECRET."
+    )
+
+
+class UpstreamRateLimited(BrokerError):
+    status = 429
+    code = "upstream_rate_limited"
+    title = "Upstream rate limit"
+    default_detail = "The provider is rate limiting this account; retry after retry_after seconds."
+
+
+class UpstreamUnavailable(BrokerError):
+    status = 503
+    code = "upstream_unavailable"
+    title = "Upstream unavailable"
+    default_detail = "The provider did not answer in time; retry after retry_after seconds."
+
+
+class DatabaseUnavailable(BrokerError):
+    status = 503
+    code = "database_unavailable"
+    title = "Database unavailable"
+    default_detail = "The broker's database is not answering; retry after retry_after seconds."
+
+
+class NotReady(BrokerError):
+    status = 503
+    code = "not_ready"
+    title = "Not ready"
+    default_detail = "A readiness check failed; see checks."
+
+
+class RateLimited(BrokerError):
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests"
+    default_detail = "This API client exceeded its request rate; retry after retry_after seconds."
+
+
+def _validation_errors(error: RequestValidationError) -> list[dict[str, Any]]:
+    # Only location and message: pydantic's `input` could echo a code or token back.
+    return [
+        {"loc": [str(part) for part in item.get("loc", ())], "msg": str(item.get("msg", ""))}
+        for item in error.errors()
+    ]
+
+
+_HTTP_ERRORS: dict[int, type[BrokerError]] = {
+    400: BadRequest,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+}
+
+
+async def _broker_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, BrokerError)
+    return error.response()
+
+
+async def _request_validation_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    return ValidationFailed(errors=_validation_errors(error)).response()
+
+
+async def _http_exception(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    error_class = _HTTP_ERRORS.get(error.status_code)
+    if error_class is not None:
+        return error_class().response()
+    # Status codes without a dedicated class keep their status; Starlette's detail is
+    # generic (the reason phrase) for everything the broker raises itself.
+    body = BrokerError(str(error.detail)).problem()
+    body.update(
+        status=error.status_code,
+        code="http_error",
+        title="HTTP error",
+        type=problem_type("http_error"),
+    )
+    return JSONResponse(body, status_code=error.status_code, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def unexpected_error_response() -> JSONResponse:
+    """The 500 problem for an exception no handler knew: no internals, only the request id."""
+    return InternalError().response()
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(BrokerError, _broker_error)
+    app.add_exception_handler(RequestValidationError, _request_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+
+
+def problem_responses(*errors: type[BrokerError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries documenting each problem a route can answer with."""
+    by_status: dict[int, list[type[BrokerError]]] = {}
+    documented: tuple[type[BrokerError], ...] = (*errors, ValidationFailed, InternalError)
+    for error in documented:
+        by_status.setdefault(error.status, []).append(error)
+    return {
+        status: {
+            "description": "Problem: " + ", ".join(f"`{cls.code}`" for cls in classes),
+            "model": Problem,
+        }
+        for status, classes in sorted(by_status.items())
+    }
+
+
+def retag_problem_media_types(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Document error responses under application/problem+json, the type they are sent as."""
+    for path_item in openapi.get("paths", {}).values():
+        for operation in path_item.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if status[:1] in ("4", "5") and "application/json" in content:
+                    content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+    return openapi

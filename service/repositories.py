@@ -1,0 +1,124 @@
+"""All SQL lives here. Repositories work inside the caller's transaction and never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from service.models import Account, ApiClient, AuditEvent
+
+
+class ApiClientRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, client: ApiClient) -> None:
+        self.session.add(client)
+        await self.session.flush()
+
+    async def by_key_hash(self, key_hash: str) -> ApiClient | None:
+        result = await self.session.exec(select(ApiClient).where(ApiClient.key_hash == key_hash))
+        return result.first()
+
+    async def by_name(self, name: str) -> ApiClient | None:
+        result = await self.session.exec(select(ApiClient).where(ApiClient.name == name))
+        return result.first()
+
+    async def all(self) -> Sequence[ApiClient]:
+        result = await self.session.exec(select(ApiClient).order_by(col(ApiClient.created_at)))
+        return result.all()
+
+    async def revoke(self, client: ApiClient, at: datetime) -> None:
+        client.revoked_at = at
+        self.session.add(client)
+        await self.session.flush()
+
+
+class AuditRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add_many(self, events: Sequence[dict[str, Any]]) -> None:
+        if events:
+            connection = await self.session.connection()
+            await connection.execute(sa.insert(AuditEvent), list(events))
+
+    async def recent(self, limit: int = 100) -> Sequence[AuditEvent]:
+        result = await self.session.exec(
+            select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(limit)
+        )
+        return result.all()
+
+
+class AccountRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, account_id: str, *, for_update: bool = False) -> Account | None:
+        statement = select(Account).where(Account.id == account_id)
+        if for_update:
+            # Postgres row lock; SQLite ignores FOR UPDATE (one writer at a time anyway).
+            statement = statement.with_for_update()
+        result = await self.session.exec(statement.execution_options(populate_existing=True))
+        return result.first()
+
+    async def by_subject(self, provider: str, subject: str) -> Account | None:
+        result = await self.session.exec(
+            select(Account).where(Account.provider == provider, Account.subject == subject)
+        )
+        return result.first()
+
+    async def by_email(self, provider: str, email: str) -> Account | None:
+        # Email is not a stable key: if two accounts ever carried one address, the one
+        # updated last is the one that holds it now.
+        result = await self.session.exec(
+            select(Account)
+            .where(Account.provider == provider, sa.func.lower(Account.email) == email.lower())
+            .order_by(col(Account.updated_at).desc())
+            .limit(1)
+        )
+        return result.first()
+
+    async def resolve(self, provider: str, reference: str) -> Account | None:
+        """An account by its provider subject id or, failing that, its email address."""
+        account = await self.by_subject(provider, reference)
+        if account is None and "@" in reference:
+            account = await self.by_email(provider, reference)
+        return account
+
+    async def page(
+        self,
+        *,
+        email: str | None,
+        status: str | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> Sequence[Account]:
+        statement = select(Account)
+        if email is not None:
+            statement = statement.where(sa.func.lower(Account.email) == email.lower())
+        if status is not None:
+            statement = statement.where(Account.status == status)
+        if after is not None:
+            created_at, account_id = after
+            statement = statement.where(
+                sa.or_(
+                    col(Account.created_at) > created_at,
+                    sa.and_(col(Account.created_at) == created_at, col(Account.id) > account_id),
+                )
+            )
+        statement = statement.order_by(col(Account.created_at), col(Account.id)).limit(limit)
+        return (await self.session.exec(statement)).all()
+
+    async def save(self, account: Account) -> None:
+        self.session.add(account)
+        await self.session.flush()
+
+    async def delete(self, account: Account) -> None:
+        await self.session.delete(account)
+        await self.session.flush()

@@ -1,0 +1,61 @@
+"""Connected accounts: list, read (and, with the token service, delete)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query
+
+from service.accounts import AccountService
+from service.deps import AccountsReader, State
+from service.errors import (
+    AccountNotFound,
+    Forbidden,
+    InvalidCursor,
+    Unauthenticated,
+    problem_responses,
+)
+from service.schemas import Account, AccountPage
+
+router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+
+AccountRef = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=320,
+        pattern=r"^[^\s/\\]+$",
+        description="The account's provider subject id (Google `sub`) or its email address.",
+    ),
+]
+AUTH_PROBLEMS = (Unauthenticated, Forbidden)
+
+
+@router.get(
+    "",
+    response_model=AccountPage,
+    summary="List connected accounts",
+    responses=problem_responses(*AUTH_PROBLEMS, InvalidCursor),
+)
+async def list_accounts(
+    state: State,
+    _caller: AccountsReader,
+    email: Annotated[str | None, Query(max_length=320)] = None,
+    status: Literal["active", "revoked"] | None = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> AccountPage:
+    rows, next_cursor = await AccountService(state.database).page(
+        email=email, status=status, cursor=cursor, limit=limit
+    )
+    return AccountPage(items=[Account.of(row) for row in rows], next_cursor=next_cursor)
+
+
+@router.get(
+    "/{account}",
+    response_model=Account,
+    summary="Read one account",
+    responses=problem_responses(*AUTH_PROBLEMS, AccountNotFound),
+)
+async def get_account(state: State, _caller: AccountsReader, account: AccountRef) -> Account:
+    return Account.of(await AccountService(state.database).get(account))

@@ -1,0 +1,75 @@
+"""API request and response models. Never a token in an account; never a secret in a problem."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.models import Account as AccountRow
+from service.models import AccountStatus
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, with the broker's stable `code`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(examples=["urn:token-broker:problem:account_not_found"])
+    title: str
+    status: int
+    detail: str
+    code: str = Field(examples=["account_not_found"])
+    request_id: str | None = None
+    authorization_url: str | None = Field(
+        default=None, description="Where to send the user to (re)connect the account."
+    )
+    retry_after: int | None = Field(default=None, description="Seconds to wait before retrying.")
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="Validation errors: location and message."
+    )
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    checks: dict[str, str]
+
+
+class Account(BaseModel):
+    """A connected Google account. Never carries a token."""
+
+    id: str
+    subject: str
+    email: str | None
+    status: Literal["active", "revoked"]
+    scopes: list[str]
+    created_at: datetime
+    updated_at: datetime
+    last_refreshed_at: datetime | None
+    access_token_expires_at: datetime | None
+
+    @classmethod
+    def of(cls, account: AccountRow) -> Account:
+        return cls(
+            id=account.id,
+            subject=account.subject,
+            email=account.email,
+            status=AccountStatus(account.status).value,
+            scopes=account.scope_list,
+            created_at=account.created_at,
+            updated_at=account.updated_at,
+            last_refreshed_at=account.last_refreshed_at,
+            access_token_expires_at=account.access_token_expires_at,
+        )
+
+
+class AccountPage(BaseModel):
+    items: list[Account]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )

@@ -1,0 +1,115 @@
+"""The CLI as an operator runs it: `python -m service ...` in a subprocess."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.crypto import Keyring
+from tests.conftest import TEST_CLIENT_ID, TEST_KEYS, register_secret, start_broker
+
+
+def cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def cli_env(database_url: str) -> dict[str, str]:
+    return {
+        "TOKEN_BROKER_DATABASE_URL": database_url,
+        "TOKEN_BROKER_ENCRYPTION_KEYS": TEST_KEYS,
+        "TOKEN_BROKER_GOOGLE_CLIENT_ID": TEST_CLIENT_ID,
+        "TOKEN_BROKER_GOOGLE_CLIENT_SECRET": "GOCSPX-test-client-secret-0123456789",
+        "TOKEN_BROKER_REDIRECT_URI": "https://broker.example/v1/oauth/callback",
+    }
+
+
+def test_keys_generate_prints_a_usable_entry(tmp_path: Path) -> None:
+    result = cli("keys", "generate", "--kid", "k2027", env={}, cwd=tmp_path)
+    assert result.returncode == 0
+    entry = register_secret(result.stdout.strip())
+    assert entry.startswith("k2027:")
+    assert Keyring.parse(entry).primary_kid == "k2027"
+
+
+async def test_clients_create_list_revoke_round_trip(
+    cli_env: dict[str, str], settings_factory, tmp_path: Path
+) -> None:
+    created = cli(
+        "clients",
+        "create",
+        "crm-sync",
+        "--permission",
+        "tokens:read",
+        "--permission",
+        "accounts:read",
+        env=cli_env,
+        cwd=tmp_path,
+    )
+    assert created.returncode == 0, created.stderr
+    key = register_secret(created.stdout.strip())
+    assert key.startswith("tbk_")
+    assert "shown only now" in created.stderr
+
+    listed = cli("clients", "list", env=cli_env, cwd=tmp_path)
+    assert "crm-sync" in listed.stdout
+    assert "accounts:read tokens:read" in listed.stdout
+    assert key not in listed.stdout
+
+    _, lifespan, client = await start_broker(settings_factory())
+    try:
+        headers = {"Authorization": f"Bearer {key}"}
+        assert (await client.get("/v1/accounts", headers=headers)).status_code == 200
+        revoked = cli("clients", "revoke", "crm-sync", env=cli_env, cwd=tmp_path)
+        assert revoked.returncode == 0
+        assert (await client.get("/v1/accounts", headers=headers)).status_code == 401
+    finally:
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+    assert cli("clients", "revoke", "nobody", env=cli_env, cwd=tmp_path).returncode == 1
+
+
+def test_clients_create_refuses_unknown_permissions(cli_env, tmp_path: Path) -> None:
+    result = cli(
+        "clients", "create", "x", "--permission", "tokens:write", env=cli_env, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert "tokens:write" in result.stderr
+
+
+def test_check_reports_one_line_per_check(cli_env, tmp_path: Path) -> None:
+    result = cli("check", env=cli_env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "ok   configuration"
+    assert lines[1].startswith("ok   keyring (1 keys, primary test1)")
+    assert "ok   database" in lines
+    assert "ok   schema" in lines
+
+
+def test_check_names_what_is_wrong(tmp_path: Path) -> None:
+    result = cli(
+        "check",
+        env={"TOKEN_BROKER_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/new.db"},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "FAIL configuration: TOKEN_BROKER_ENCRYPTION_KEYS" in result.stdout
+    assert "FAIL schema: at nothing" in result.stdout
+
+
+def test_serve_refuses_incomplete_configuration(tmp_path: Path) -> None:
+    result = cli("serve", env={"TOKEN_BROKER_TOKEN_URI": "nope"}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "TOKEN_BROKER_TOKEN_URI: expected an absolute http(s) URL" in result.stderr
