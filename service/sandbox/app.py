@@ -1,0 +1,786 @@
+"""The sandbox provider: Google's OAuth 2.0, OpenID Connect and Gmail list endpoints, on loopback.
+
+Its wire format follows Google's documented requests, responses and error bodies,
+not the broker's convenience, so code written against it works against Google.
+Control endpoints under `/_sandbox` switch faults on and read call counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import html
+import json
+import time
+from typing import Any
+from urllib.parse import unquote, urlencode
+
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from joserfc import jwt
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.sandbox.mailbox import InvalidPageToken, compile_query
+from service.sandbox.state import (
+    BASIC_SCOPES,
+    GMAIL_SCOPE_PREFIX,
+    KNOWN_SCOPES,
+    AuthCode,
+    FaultKind,
+    FaultRule,
+    Grant,
+    SandboxState,
+    _random,
+)
+
+AUTHORIZE_PATH = "/o/oauth2/v2/auth"
+GMAIL_READ_SCOPES = {
+    "https://www.googleapis.com/auth/gmail.readonly",
+    "https://www.googleapis.com/auth/gmail.metadata",
+    "https://www.googleapis.com/auth/gmail.modify",
+    "https://mail.google.com/",
+}
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+# --------------------------------------------------------------------------- error shapes
+
+
+def oauth_error(status: int, error: str, description: str | None = None) -> JSONResponse:
+    body = {"error": error}
+    if description is not None:
+        body["error_description"] = description
+    return JSONResponse(body, status_code=status, headers=NO_STORE)
+
+
+_GOOGLE_STATUS = {
+    400: ("INVALID_ARGUMENT", "badRequest", "Bad Request"),
+    401: (
+        "UNAUTHENTICATED",
+        "authError",
+        "Request had invalid authentication credentials. Expected OAuth 2 access token, "
+        "login cookie or other valid authentication credential. See "
+        "https://developers.google.com/identity/sign-in/web/devconsole-project.",
+    ),
+    403: ("PERMISSION_DENIED", "forbidden", "The caller does not have permission"),
+    404: ("NOT_FOUND", "notFound", "Requested entity was not found."),
+    429: (
+        "RESOURCE_EXHAUSTED",
+        "rateLimitExceeded",
+        "Resource has been exhausted (e.g. check quota).",
+    ),
+    500: ("INTERNAL", "backendError", "Internal error encountered."),
+    502: ("UNAVAILABLE", "backendError", "Bad Gateway"),
+    503: ("UNAVAILABLE", "backendError", "The service is currently unavailable."),
+    504: ("DEADLINE_EXCEEDED", "backendError", "The request timed out."),
+}
+_REASON_MESSAGES = {
+    "authError": "Invalid Credentials",
+    "insufficientPermissions": "Insufficient Permission",
+    "userRateLimitExceeded": "User-rate limit exceeded.",
+    "rateLimitExceeded": "Rate Limit Exceeded",
+    "dailyLimitExceeded": "Daily Limit Exceeded",
+    "invalidArgument": "Invalid argument",
+}
+_REASON_DOMAINS = {
+    "userRateLimitExceeded": "usageLimits",
+    "rateLimitExceeded": "usageLimits",
+    "dailyLimitExceeded": "usageLimits",
+}
+
+
+def google_api_error(
+    status: int, reason: str | None = None, message: str | None = None
+) -> JSONResponse:
+    """An error body as Google's JSON APIs send it: {"error": {code, message, errors, status}}."""
+    status_name, default_reason, default_message = _GOOGLE_STATUS.get(
+        status, ("UNKNOWN", "unknown", "Error")
+    )
+    reason = reason or default_reason
+    text = message or (
+        default_message if reason == default_reason else _REASON_MESSAGES.get(reason, reason)
+    )
+    detail: dict[str, Any] = {
+        "message": _REASON_MESSAGES.get(reason, text),
+        "domain": _REASON_DOMAINS.get(reason, "global"),
+        "reason": reason,
+    }
+    headers: dict[str, str] = {}
+    if status == 401:
+        detail.update(location="Authorization", locationType="header")
+        headers["WWW-Authenticate"] = (
+            'Bearer realm="https://accounts.google.com/", error="invalid_token"'
+        )
+    body = {"error": {"code": status, "message": text, "errors": [detail], "status": status_name}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_page(status: int, error: str, explanation: str) -> HTMLResponse:
+    return HTMLResponse(
+        f"<!doctype html><title>Error {status}: {html.escape(error)}</title>"
+        f"<h1>Access blocked: authorization error</h1><p>{html.escape(explanation)}</p>"
+        f"<p>Error {status}: <code>{html.escape(error)}</code></p>",
+        status_code=status,
+    )
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def endpoint_of(path: str) -> str | None:
+    if path in (AUTHORIZE_PATH, "/o/oauth2/auth"):
+        return "authorize"
+    if path in ("/token", "/revoke"):
+        return path[1:]
+    if path in ("/v1/userinfo", "/oauth2/v2/userinfo", "/oauth2/v3/userinfo"):
+        return "userinfo"
+    if path == "/oauth2/v3/certs":
+        return "jwks"
+    if path == "/.well-known/openid-configuration":
+        return "discovery"
+    if path.startswith("/gmail/v1/users/") and path.endswith("/messages"):
+        return "gmail.messages.list"
+    return None
+
+
+def _fault_response(rule: FaultRule, endpoint: str) -> Response:
+    headers = {"Retry-After": str(rule.retry_after)} if rule.retry_after is not None else {}
+    if endpoint.startswith("gmail"):
+        response: Response = google_api_error(rule.status, rule.reason)
+    elif rule.status >= 500:
+        response = oauth_error(rule.status, "internal_failure", "Internal error.")
+    elif rule.status == 429:
+        response = oauth_error(429, "rate_limit_exceeded", "Rate limit exceeded.")
+    else:
+        response = oauth_error(rule.status, rule.reason or "invalid_request")
+    response.headers.update(headers)
+    return response
+
+
+class FaultsAndCounters:
+    """Counts every call to a provider endpoint and applies the faults switched on for it."""
+
+    def __init__(self, app: ASGIApp, state: SandboxState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        root = scope.get("root_path", "")
+        path = (
+            scope["path"][len(root) :] if root and scope["path"].startswith(root) else scope["path"]
+        )
+        endpoint = endpoint_of(path)
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            rule = self.state.fault_for(endpoint)
+            if rule is not None and rule.kind in ("latency", "hang"):
+                await asyncio.sleep(rule.delay if rule.kind == "latency" else rule.delay or 3600)
+                rule = None
+            if rule is None:
+                await self.app(scope, receive, counting_send)
+            elif rule.kind == "drop":
+                # Promise a body, send part of it, and give up: the client sees the
+                # connection close mid-response.
+                await counting_send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", b"4096"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b'{"access', "more_body": True})
+            elif rule.kind == "raw":
+                raw = Response(
+                    rule.reason or "", status_code=rule.status, media_type=rule.content_type
+                )
+                await raw(scope, receive, counting_send)
+            else:
+                await _fault_response(rule, endpoint)(scope, receive, counting_send)
+        finally:
+            self.state.record(endpoint, status)
+
+
+# --------------------------------------------------------------------------- OAuth
+
+
+def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, str] | JSONResponse:
+    header = request.headers.get("authorization", "")
+    in_body = "client_secret" in form
+    if header.lower().startswith("basic "):
+        if in_body:
+            return oauth_error(400, "invalid_request", "Multiple client authentication methods.")
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+            client_id, _, secret = decoded.partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return oauth_error(401, "invalid_client", "Unauthorized")
+        return unquote(client_id), unquote(secret)
+    if in_body:
+        return form.get("client_id", ""), form["client_secret"]
+    return oauth_error(401, "invalid_client", "Unauthorized")
+
+
+def _validate_authorization(state: SandboxState, params: dict[str, str]) -> Response | None:
+    client = state.clients.get(params.get("client_id", ""))
+    if client is None:
+        return error_page(401, "invalid_client", "The OAuth client was not found.")
+    if params.get("redirect_uri") not in client.redirect_uris:
+        return error_page(
+            400,
+            "redirect_uri_mismatch",
+            "You can't sign in to this app because it doesn't comply with Google's OAuth 2.0 "
+            "policy. The redirect_uri is not registered for this client.",
+        )
+    if params.get("response_type") != "code":
+        return error_page(400, "invalid_request", "Missing or unsupported response_type.")
+    scopes = params.get("scope", "").split()
+    if not scopes:
+        return error_page(400, "invalid_request", "Missing required parameter: scope")
+    unknown = [scope for scope in scopes if scope not in KNOWN_SCOPES]
+    if unknown:
+        return error_page(400, "invalid_scope", f"Some requested scopes were invalid: {unknown}")
+    method = params.get("code_challenge_method")
+    if params.get("code_challenge") and method not in (None, "S256", "plain"):
+        return error_page(400, "invalid_request", "Invalid code_challenge_method.")
+    if "approval_prompt" in params and "prompt" in params:
+        return error_page(400, "invalid_request", "Conflict params: approval_prompt and prompt")
+    return None
+
+
+_CONSENT_STYLE = """
+body{font-family:system-ui,sans-serif;max-width:34rem;margin:3rem auto;color:#202124}
+label{display:block;margin:.4rem 0}
+fieldset{border:1px solid #dadce0;border-radius:8px;margin:1rem 0}
+button{padding:.5rem 1.2rem;margin-right:.5rem;border-radius:4px;border:1px solid #1a73e8}
+.allow{background:#1a73e8;color:#fff}
+"""
+
+
+def _consent_page(state: SandboxState, action: str, params: dict[str, str]) -> HTMLResponse:
+    hidden = "".join(
+        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+        for k, v in params.items()
+    )
+    hint = params.get("login_hint", "").lower()
+    accounts = "".join(
+        f'<label class="account"><input type="radio" name="email" value="{html.escape(email)}"'
+        f"{' checked' if email == hint else ''}> {html.escape(user.name)} "
+        f"&lt;{html.escape(email)}&gt;</label>"
+        for email, user in sorted(state.users.items())
+    )
+    scopes = "".join(
+        f'<label><input type="checkbox" name="granted_scope" value="{html.escape(scope)}" checked'
+        f"{' disabled' if scope in BASIC_SCOPES else ''}> {html.escape(scope)}</label>"
+        + (
+            f'<input type="hidden" name="granted_scope" value="{scope}">'
+            if scope in BASIC_SCOPES
+            else ""
+        )
+        for scope in params.get("scope", "").split()
+    )
+    client = html.escape(params.get("client_id", ""))
+    new_email = html.escape(hint if hint and hint not in state.users else "")
+    return HTMLResponse(
+        f"""<!doctype html><html><head><meta charset="utf-8">
+<title>Sign in - Sandbox Google</title><style>{_CONSENT_STYLE}</style></head><body>
+<h1>Sandbox Google</h1><p><b>{client}</b> wants to access your Google Account.</p>
+<form method="post" action="{html.escape(action)}">{hidden}
+<fieldset><legend>Choose an account</legend>{accounts}
+<label>or use another account: <input type="email" name="email_other" value="{new_email}"
+ placeholder="someone@example.com"></label></fieldset>
+<fieldset><legend>Allow access to</legend>{scopes}</fieldset>
+<button class="allow" name="decision" value="allow">Allow</button>
+<button name="decision" value="deny">Cancel</button></form>
+<p><small>This is the Token Broker sandbox, not Google. Nothing leaves this machine.</small></p>
+</body></html>"""
+    )
+
+
+def _redirect(redirect_uri: str, params: dict[str, str]) -> Response:
+    separator = "&" if "?" in redirect_uri else "?"
+    return RedirectResponse(redirect_uri + separator + urlencode(params), status_code=302)
+
+
+def _issuer(state: SandboxState, request: Request) -> str:
+    return state.issuer or str(request.base_url).rstrip("/")
+
+
+def _id_token(state: SandboxState, request: Request, grant: Grant, client_id: str) -> str:
+    user = state.users[grant.email]
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": _issuer(state, request),
+        "azp": client_id,
+        "aud": client_id,
+        "sub": user.sub,
+        "iat": now,
+        "exp": now + 3600,
+    }
+    if "email" in grant.scopes:
+        claims.update(email=user.email, email_verified=True)
+    if "profile" in grant.scopes:
+        claims.update(name=user.name)
+    header = {"alg": "RS256", "kid": state.signing_key.kid}
+    return jwt.encode(header, claims, state.signing_key)
+
+
+def oauth_router(state: SandboxState) -> APIRouter:
+    router = APIRouter(tags=["oauth"])
+
+    @router.get(AUTHORIZE_PATH, response_class=HTMLResponse, summary="Authorization endpoint")
+    async def authorize(request: Request) -> Response:
+        params = dict(request.query_params)
+        problem = _validate_authorization(state, params)
+        if problem is not None:
+            return problem
+        if params.get("prompt") == "none":
+            return _redirect(
+                params["redirect_uri"],
+                {"error": "consent_required", "state": params.get("state", "")},
+            )
+        return _consent_page(state, str(request.url.path), params)
+
+    @router.post(
+        AUTHORIZE_PATH, summary="Consent decision (the consent form, or a test, posts here)"
+    )
+    async def consent(request: Request) -> Response:
+        form = await request.form()
+        params = {
+            k: str(v)
+            for k, v in form.items()
+            if k not in ("granted_scope", "decision", "email", "email_other")
+        }
+        problem = _validate_authorization(state, params)
+        if problem is not None:
+            return problem
+        redirect_uri = params["redirect_uri"]
+        answer = {"state": params["state"]} if "state" in params else {}
+        if form.get("decision") != "allow":
+            return _redirect(redirect_uri, {"error": "access_denied", **answer})
+        email = str(form.get("email_other") or form.get("email") or params.get("login_hint") or "")
+        if "@" not in email:
+            return error_page(400, "invalid_request", "Choose an account to continue.")
+        user = state.add_user(email)
+        requested = set(params["scope"].split())
+        ticked = {str(scope) for scope in form.getlist("granted_scope")}
+        granted = (requested & ticked if ticked else requested) | (requested & BASIC_SCOPES)
+        existing = state.live_grant(user.email, params["client_id"])
+        if existing is not None and params.get("include_granted_scopes") == "true":
+            granted |= existing.scopes
+        offline = params.get("access_type") == "offline"
+        forced = (
+            "consent" in params.get("prompt", "").split()
+            or params.get("approval_prompt") == "force"
+        )
+        code = state.issue_code(
+            AuthCode(
+                client_id=params["client_id"],
+                redirect_uri=redirect_uri,
+                email=user.email,
+                scopes=granted,
+                code_challenge=params.get("code_challenge"),
+                code_challenge_method=params.get("code_challenge_method", "plain")
+                if params.get("code_challenge")
+                else None,
+                issue_refresh_token=offline and (existing is None or forced),
+                expires_at=time.time() + state.code_ttl,
+            )
+        )
+        if redirect_uri == "postmessage":
+            # Google's popup code client hands the code to the opener window.
+            message = json.dumps({"code": code, "scope": " ".join(sorted(granted))})
+            return HTMLResponse(
+                "<!doctype html><p>Authorization code ready.</p>"
+                f'<code id="code" data-code="{html.escape(code)}"></code>'
+                f"<script>window.opener&&window.opener.postMessage({message},'*')</script>"
+            )
+        return _redirect(
+            redirect_uri,
+            {
+                **answer,
+                "code": code,
+                "scope": " ".join(sorted(granted)),
+                "authuser": "0",
+                "prompt": "consent",
+            },
+        )
+
+    @router.post("/token", summary="Token endpoint")
+    async def token(request: Request) -> Response:
+        if not request.headers.get("content-type", "").startswith(
+            "application/x-www-form-urlencoded"
+        ):
+            return oauth_error(400, "invalid_request", "Request must be form-encoded.")
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        credentials = _client_credentials(request, form)
+        if isinstance(credentials, Response):
+            return credentials
+        client_id, secret = credentials
+        client = state.clients.get(client_id)
+        if client is None:
+            return oauth_error(401, "invalid_client", "The OAuth client was not found.")
+        if secret != client.client_secret:
+            return oauth_error(401, "invalid_client", "Unauthorized")
+        grant_type = form.get("grant_type")
+        if grant_type is None:
+            return oauth_error(400, "invalid_request", "Missing required parameter: grant_type")
+        state.calls[f"token:{grant_type}"] += 1
+        if grant_type == "authorization_code":
+            return _exchange(request, client_id, form)
+        if grant_type == "refresh_token":
+            return _refresh(request, client_id, form)
+        return oauth_error(400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}")
+
+    def _exchange(request: Request, client_id: str, form: dict[str, str]) -> Response:
+        if not form.get("code"):
+            return oauth_error(400, "invalid_request", "Missing required parameter: code")
+        if not form.get("redirect_uri"):
+            return oauth_error(400, "invalid_request", "Missing parameter: redirect_uri")
+        code = state.codes.get(form["code"])
+        if code is None:
+            return oauth_error(400, "invalid_grant", "Malformed auth code.")
+        if code.used or code.expires_at <= time.time() or code.client_id != client_id:
+            return oauth_error(400, "invalid_grant", "Bad Request")
+        if form["redirect_uri"] != code.redirect_uri:
+            return oauth_error(400, "invalid_grant", "Bad Request")
+        code.used = True
+        if code.code_challenge is not None:
+            verifier = form.get("code_verifier")
+            if not verifier:
+                return oauth_error(400, "invalid_grant", "Missing code verifier.")
+            expected = (
+                create_s256_code_challenge(verifier)
+                if code.code_challenge_method == "S256"
+                else verifier
+            )
+            if expected != code.code_challenge:
+                return oauth_error(400, "invalid_grant", "Invalid code verifier.")
+        grant = state.live_grant(code.email, client_id)
+        if grant is None:
+            grant = Grant(id=_random("g", 16), email=code.email, client_id=client_id, scopes=set())
+            state.grants[grant.id] = grant
+        grant.scopes = set(code.scopes)
+        access_token, lifetime = state.issue_access_token(grant)
+        body: dict[str, Any] = {
+            "access_token": access_token,
+            "expires_in": lifetime,
+            "scope": " ".join(sorted(grant.scopes)),
+            "token_type": "Bearer",
+        }
+        if code.issue_refresh_token:
+            body["refresh_token"] = state.issue_refresh_token(grant)
+        if "openid" in grant.scopes:
+            body["id_token"] = _id_token(state, request, grant, client_id)
+        return JSONResponse(body, headers=NO_STORE)
+
+    def _refresh(request: Request, client_id: str, form: dict[str, str]) -> Response:
+        presented = form.get("refresh_token")
+        if not presented:
+            return oauth_error(400, "invalid_request", "Missing required parameter: refresh_token")
+        grant, replayed = state.grant_for_refresh_token(presented)
+        if grant is None or grant.revoked:
+            return oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
+        if replayed:
+            # A rotated-away refresh token came back: assume it leaked, kill the grant.
+            state.revoke_grant(grant)
+            return oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
+        if grant.client_id != client_id:
+            return oauth_error(401, "unauthorized_client", "Unauthorized")
+        access_token, lifetime = state.issue_access_token(grant)
+        body: dict[str, Any] = {
+            "access_token": access_token,
+            "expires_in": lifetime,
+            "scope": " ".join(sorted(grant.scopes)),
+            "token_type": "Bearer",
+        }
+        if state.rotate_refresh_tokens:
+            grant.refresh_tokens.discard(presented)
+            grant.rotated_refresh_tokens.add(presented)
+            body["refresh_token"] = state.issue_refresh_token(grant)
+        if "openid" in grant.scopes:
+            body["id_token"] = _id_token(state, request, grant, client_id)
+        return JSONResponse(body, headers=NO_STORE)
+
+    @router.post("/revoke", summary="Revoke a grant by its access or refresh token")
+    async def revoke(request: Request) -> Response:
+        form = await request.form()
+        token = str(form.get("token") or request.query_params.get("token") or "")
+        grant = None
+        access = state.access_tokens.get(token)
+        if access is not None:
+            grant = state.grants.get(access.grant_id)
+        else:
+            grant, _ = state.grant_for_refresh_token(token)
+        if grant is None or grant.revoked:
+            return oauth_error(400, "invalid_token", "Token expired or revoked")
+        state.revoke_grant(grant)
+        return JSONResponse({})
+
+    def _bearer_user(request: Request) -> tuple[Any, Any] | None:
+        header = request.headers.get("authorization", "")
+        if not header.lower().startswith("bearer "):
+            return None
+        access = state.valid_access_token(header[7:].strip())
+        if access is None:
+            return None
+        return access, state.users[state.grants[access.grant_id].email]
+
+    @router.api_route("/v1/userinfo", methods=["GET", "POST"], summary="OpenID Connect userinfo")
+    async def userinfo(request: Request) -> Response:
+        found = _bearer_user(request)
+        if found is None:
+            return JSONResponse(
+                {"error": "invalid_request", "error_description": "Invalid Credentials"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        access, user = found
+        body: dict[str, Any] = {"sub": user.sub}
+        if "email" in access.scopes:
+            body.update(email=user.email, email_verified=True)
+        if "profile" in access.scopes:
+            body.update(name=user.name, given_name=user.name.split()[0])
+        return JSONResponse(body)
+
+    @router.get("/oauth2/v2/userinfo", summary="Userinfo, v2 shape (id instead of sub)")
+    async def userinfo_v2(request: Request) -> Response:
+        found = _bearer_user(request)
+        if found is None:
+            return google_api_error(401)
+        access, user = found
+        body: dict[str, Any] = {"id": user.sub}
+        if "email" in access.scopes:
+            body.update(email=user.email, verified_email=True)
+        if "profile" in access.scopes:
+            body.update(name=user.name)
+        return JSONResponse(body)
+
+    @router.get("/oauth2/v3/certs", summary="JSON Web Key Set")
+    async def certs() -> Response:
+        return JSONResponse(
+            {"keys": [state.signing_key.as_dict(private=False)]},
+            headers={"Cache-Control": "public, max-age=3600"},
+        )
+
+    @router.get("/.well-known/openid-configuration", summary="OpenID Connect discovery")
+    async def discovery(request: Request) -> Response:
+        base = str(request.base_url).rstrip("/")
+        return JSONResponse(
+            {
+                "issuer": _issuer(state, request),
+                "authorization_endpoint": base + AUTHORIZE_PATH,
+                "token_endpoint": base + "/token",
+                "userinfo_endpoint": base + "/v1/userinfo",
+                "revocation_endpoint": base + "/revoke",
+                "jwks_uri": base + "/oauth2/v3/certs",
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "scopes_supported": ["openid", "email", "profile"],
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post",
+                    "client_secret_basic",
+                ],
+                "claims_supported": [
+                    "aud",
+                    "email",
+                    "email_verified",
+                    "exp",
+                    "iat",
+                    "iss",
+                    "name",
+                    "sub",
+                ],
+                "code_challenge_methods_supported": ["plain", "S256"],
+                "grant_types_supported": ["authorization_code", "refresh_token"],
+            }
+        )
+
+    return router
+
+
+# --------------------------------------------------------------------------- Gmail
+
+
+def gmail_router(state: SandboxState) -> APIRouter:
+    router = APIRouter(tags=["gmail"])
+
+    @router.get("/gmail/v1/users/{user_id}/messages", summary="users.messages.list")
+    async def list_messages(request: Request, user_id: str) -> Response:
+        header = request.headers.get("authorization", "")
+        access = (
+            state.valid_access_token(header[7:].strip())
+            if header.lower().startswith("bearer ")
+            else None
+        )
+        if access is None:
+            return google_api_error(401, "authError")
+        if not access.scopes & GMAIL_READ_SCOPES and not any(
+            s.startswith(GMAIL_SCOPE_PREFIX) for s in access.scopes
+        ):
+            return google_api_error(
+                403, "insufficientPermissions", "Request had insufficient authentication scopes."
+            )
+        owner = state.users[state.grants[access.grant_id].email]
+        if user_id not in ("me", owner.email):
+            return google_api_error(403, "forbidden", "Delegation denied for " + user_id)
+        query = request.query_params
+        try:
+            max_results = int(query.get("maxResults", "100"))
+        except ValueError:
+            return google_api_error(400, "invalidArgument", "Invalid value for maxResults")
+        if max_results < 1:
+            return google_api_error(400, "invalidArgument", "Invalid value for maxResults")
+        max_results = min(max_results, 500)
+        q = query.get("q")
+        label_ids = query.getlist("labelIds")
+        include_spam_trash = query.get("includeSpamTrash", "false").lower() == "true"
+        key = json.dumps(
+            [owner.email, owner.mailbox_size, q, sorted(label_ids), include_spam_trash]
+        )
+        matches = state.searches.get(
+            key,
+            lambda: [
+                m for m in owner.mailbox if compile_query(q, label_ids, include_spam_trash)(m)
+            ],
+        )
+        offset = 0
+        if query.get("pageToken"):
+            try:
+                offset = state.page_tokens.offset(key, query["pageToken"])
+            except InvalidPageToken:
+                return google_api_error(400, "invalidArgument", "Invalid pageToken")
+        page = matches[offset : offset + max_results]
+        body: dict[str, Any] = {}
+        if page:
+            body["messages"] = [message.as_list_entry() for message in page]
+        if offset + max_results < len(matches):
+            body["nextPageToken"] = state.page_tokens.issue(key, offset + max_results)
+        body["resultSizeEstimate"] = len(matches)
+        return JSONResponse(body)
+
+    return router
+
+
+# --------------------------------------------------------------------------- control
+
+
+class FaultSpec(BaseModel):
+    endpoint: str = Field(
+        description="An endpoint name (token, revoke, userinfo, jwks, authorize, "
+        'gmail.messages.list) or "*".'
+    )
+    kind: FaultKind = "status"
+    status: int = Field(default=503, ge=200, le=599)
+    reason: str | None = Field(
+        default=None, description="Gmail error reason, or the raw body for kind=raw."
+    )
+    retry_after: int | None = Field(default=None, ge=0)
+    delay: float = Field(default=0.0, ge=0)
+    after: int = Field(default=0, ge=0)
+    times: int | None = Field(default=None, ge=1)
+    content_type: str = "text/html"
+
+
+class SandboxSettings(BaseModel):
+    access_token_lifetime: int | None = Field(default=None, ge=1)
+    rotate_refresh_tokens: bool | None = None
+    code_ttl: int | None = Field(default=None, ge=1)
+
+
+class UserSpec(BaseModel):
+    email: str
+    name: str | None = None
+    mailbox_size: int | None = Field(default=None, ge=0, le=1_000_000)
+
+
+def control_router(state: SandboxState) -> APIRouter:
+    router = APIRouter(prefix="/_sandbox", tags=["sandbox control"])
+
+    @router.get("/counters", summary="Calls per endpoint (and per grant type)")
+    async def counters() -> dict[str, dict[str, int]]:
+        return {"calls": dict(state.calls)}
+
+    @router.delete("/counters", status_code=204)
+    async def reset_counters() -> None:
+        state.calls.clear()
+        state.call_log.clear()
+
+    @router.get("/calls", summary="Call log: endpoint, monotonic time, status")
+    async def calls(endpoint: str | None = None) -> list[dict[str, Any]]:
+        return [
+            {"endpoint": c.endpoint, "at": c.at, "status": c.status}
+            for c in state.call_log
+            if endpoint is None or c.endpoint == endpoint
+        ]
+
+    @router.post("/faults", status_code=201, summary="Switch a fault on")
+    async def add_fault(spec: FaultSpec) -> dict[str, int]:
+        state.faults.append(FaultRule(**spec.model_dump()))
+        return {"faults": len(state.faults)}
+
+    @router.delete("/faults", status_code=204, summary="Switch every fault off")
+    async def clear_faults() -> None:
+        state.faults.clear()
+
+    @router.put("/settings", summary="Token lifetime, refresh-token rotation, code lifetime")
+    async def change_settings(spec: SandboxSettings) -> dict[str, Any]:
+        for name, value in spec.model_dump(exclude_none=True).items():
+            setattr(state, name, value)
+        return {
+            "access_token_lifetime": state.access_token_lifetime,
+            "rotate_refresh_tokens": state.rotate_refresh_tokens,
+            "code_ttl": state.code_ttl,
+        }
+
+    @router.post("/users", status_code=201, summary="Create a user or resize their mailbox")
+    async def add_user(spec: UserSpec) -> dict[str, Any]:
+        user = state.add_user(spec.email, name=spec.name, mailbox_size=spec.mailbox_size)
+        return {"email": user.email, "sub": user.sub, "mailbox_size": user.mailbox_size}
+
+    @router.post("/users/{email}/revoke", summary="Revoke every grant of a user")
+    async def revoke_user(email: str) -> dict[str, int]:
+        return {"revoked": state.revoke_user(email)}
+
+    @router.post("/users/{email}/expire-tokens", summary="Expire a user's access tokens now")
+    async def expire(email: str) -> dict[str, int]:
+        return {"expired": state.expire_access_tokens(email)}
+
+    @router.post("/reset", status_code=204, summary="Forget users, grants, faults and counters")
+    async def reset() -> None:
+        state.reset()
+
+    return router
+
+
+def create_sandbox_app(state: SandboxState) -> FastAPI:
+    app = FastAPI(
+        title="Token Broker sandbox provider",
+        description="Google's OAuth 2.0, OpenID Connect and Gmail list endpoints, on loopback.",
+        version="1",
+    )
+    app.include_router(oauth_router(state))
+    app.include_router(gmail_router(state))
+    app.include_router(control_router(state))
+    app.add_middleware(FaultsAndCounters, state=state)
+    app.state.sandbox = state
+    return app
