@@ -18,6 +18,7 @@ from fastapi.openapi.utils import get_openapi
 
 from service.audit import AuditBuffer
 from service.auth import Authenticator
+from service.connect import ConnectService
 from service.crypto import Keyring, KeyringError
 from service.db import Database, create_engine, head_revision
 from service.deps import BrokerState
@@ -26,12 +27,14 @@ from service.errors import (
     retag_problem_media_types,
     unexpected_error_response,
 )
+from service.google.oauth import OAuthClient
+from service.google.transport import Upstream
 from service.observability import (
     RequestContextMiddleware,
     configure_logging,
     install_request_id_on_records,
 )
-from service.routers import accounts, health
+from service.routers import accounts, health, oauth
 from service.settings import ConfigurationError, Settings, env_name, load_settings
 
 log = logging.getLogger("token_broker")
@@ -104,6 +107,12 @@ def create_app(settings: Settings) -> FastAPI:
             audit = AuditBuffer(database)
             audit.start()
             stack.push_async_callback(audit.stop)
+            upstream = Upstream(http)
+            oauth_client = OAuthClient(upstream, settings)
+
+            async def account_changed(account_id: str) -> None:
+                return None
+
             app.state.broker = BrokerState(
                 settings=settings,
                 database=database,
@@ -112,6 +121,13 @@ def create_app(settings: Settings) -> FastAPI:
                 authenticator=Authenticator(database, ttl=settings.api_key_cache_seconds),
                 audit=audit,
                 head_revision=head_revision(),
+                connect=ConnectService(
+                    database=database,
+                    keyring=keyring,
+                    oauth=oauth_client,
+                    settings=settings,
+                    account_changed=account_changed,
+                ),
             )
             yield
 
@@ -128,6 +144,7 @@ def create_app(settings: Settings) -> FastAPI:
         error_response=unexpected_error_response,
     )
     app.include_router(health.router)
+    app.include_router(oauth.router)
     app.include_router(accounts.router)
 
     def openapi() -> dict[str, Any]:

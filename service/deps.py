@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.audit import AuditBuffer
 from service.auth import Authenticator, Caller, Permission
+from service.connect import ConnectService
 from service.crypto import Keyring
 from service.db import Database
 from service.settings import Settings
@@ -28,6 +29,7 @@ class BrokerState:
     authenticator: Authenticator
     audit: AuditBuffer
     head_revision: str
+    connect: ConnectService
 
 
 def get_state(request: Request) -> BrokerState:

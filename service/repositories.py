@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from service.models import Account, ApiClient, AuditEvent
+from service.models import Account, ApiClient, AuditEvent, OAuthState
 
 
 class ApiClientRepository:
@@ -122,3 +122,39 @@ class AccountRepository:
     async def delete(self, account: Account) -> None:
         await self.session.delete(account)
         await self.session.flush()
+
+
+class OAuthStateRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, state: OAuthState) -> None:
+        self.session.add(state)
+        await self.session.flush()
+
+    async def consume(self, state_hash: str, now: datetime) -> OAuthState | None:
+        """Mark a live state used and return it; None if unknown, used or expired.
+
+        One UPDATE ... RETURNING, so two callbacks racing with the same state cannot
+        both get it.
+        """
+        statement = (
+            sa.update(OAuthState)
+            .where(
+                col(OAuthState.state_hash) == state_hash,
+                col(OAuthState.consumed_at).is_(None),
+                col(OAuthState.expires_at) > now,
+            )
+            .values(consumed_at=now)
+            .returning(*OAuthState.__table__.columns)  # type: ignore[attr-defined]
+        )
+        connection = await self.session.connection()
+        row = (await connection.execute(statement)).mappings().first()
+        return OAuthState.model_validate(dict(row)) if row is not None else None
+
+    async def purge_expired(self, before: datetime) -> int:
+        connection = await self.session.connection()
+        result = await connection.execute(
+            sa.delete(OAuthState).where(col(OAuthState.expires_at) < before)
+        )
+        return int(result.rowcount or 0)

@@ -73,3 +73,44 @@ class AccountPage(BaseModel):
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null at the end."
     )
+
+
+class AuthorizationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    login_hint: str | None = Field(
+        default=None, max_length=320, description="Email address to preselect at consent."
+    )
+    scopes: list[str] | None = Field(
+        default=None,
+        max_length=20,
+        description="Scopes to request, from TOKEN_BROKER_SCOPES; default: all of them. "
+        "The required scopes are always added.",
+    )
+    return_to: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Where the callback sends the browser afterwards; must match "
+        "TOKEN_BROKER_RETURN_TO_ALLOWLIST.",
+    )
+
+
+class Authorization(BaseModel):
+    authorization_url: str = Field(description="Send the user's browser here.")
+    state: str = Field(description="The one-time state carried through the flow.")
+    expires_at: datetime
+
+
+class ExchangeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(min_length=1, max_length=2048, description="The authorization code.")
+    redirect_uri: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="The redirect URI the code was issued for; default "
+        "TOKEN_BROKER_EXCHANGE_REDIRECT_URI (`postmessage` for Google's popup code client).",
+    )
+    code_verifier: str | None = Field(
+        default=None, min_length=43, max_length=128, pattern=r"^[A-Za-z0-9._~-]+$"
+    )

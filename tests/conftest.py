@@ -321,3 +321,50 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
+
+
+# --------------------------------------------------------------------------- sandbox
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[Any]:
+    """The sandbox provider as a real server on 127.0.0.1, with the test client registered."""
+    from service.sandbox import SandboxState, create_sandbox_app
+    from tests.servers import serve
+
+    state = SandboxState(default_mailbox_size=300)
+    state.add_client(TEST_CLIENT_ID, TEST_CLIENT_SECRET, [TEST_REDIRECT_URI])
+    async with serve(create_sandbox_app(state)) as url:
+        state.issuer = url
+        yield Provider(state, url)
+
+
+class Provider:
+    def __init__(self, state: Any, url: str) -> None:
+        self.state = state
+        self.url = url
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "auth_uri": f"{self.url}/o/oauth2/v2/auth",
+            "token_uri": f"{self.url}/token",
+            "userinfo_uri": f"{self.url}/v1/userinfo",
+            "revoke_uri": f"{self.url}/revoke",
+            "jwks_uri": f"{self.url}/oauth2/v3/certs",
+            "issuer": self.url,
+            "gmail_api_base": self.url,
+        }
+
+
+@pytest.fixture
+async def live(
+    provider: Provider,
+    broker_factory: Callable[[Settings], Any],
+    settings_factory: Callable[..., Settings],
+) -> Any:
+    """A broker wired to the running sandbox provider."""
+    from tests.flow import Live
+
+    broker = await broker_factory(settings_factory(**provider.settings()))
+    async with httpx.AsyncClient() as browser:
+        yield Live(provider, broker, browser)
