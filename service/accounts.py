@@ -1,18 +1,28 @@
-"""Reading connected accounts: by subject or email, and pages of them."""
+"""Connected accounts: read by subject or email, list in pages, delete (revoking upstream)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
+import logging
+from dataclasses import dataclass
 from datetime import datetime
 
+from service.audit import Action, audit_event
+from service.crypto import Keyring
 from service.db import Database
 from service.errors import AccountNotFound, InvalidCursor
+from service.events import CHANNEL, ChangeFeed, payload
+from service.google.oauth import OAuthClient
+from service.google.transport import UpstreamProtocolError
 from service.models import Account
-from service.repositories import AccountRepository
+from service.repositories import AccountRepository, AuditRepository, ChangeNotices
+from service.retry import TransientError
 
 PROVIDER = "google"
+
+log = logging.getLogger("token_broker.accounts")
 
 
 def encode_cursor(account: Account) -> str:
@@ -29,9 +39,20 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidCursor() from None
 
 
+@dataclass(frozen=True)
+class Deletion:
+    account_id: str
+    upstream_revoked: bool
+
+
 class AccountService:
-    def __init__(self, database: Database) -> None:
+    def __init__(
+        self, database: Database, *, keyring: Keyring, oauth: OAuthClient, changes: ChangeFeed
+    ) -> None:
         self.database = database
+        self.keyring = keyring
+        self.oauth = oauth
+        self.changes = changes
 
     async def get(self, reference: str) -> Account:
         async with self.database.transaction() as session:
@@ -53,3 +74,36 @@ class AccountService:
         if len(rows) > limit:
             return rows[:limit], encode_cursor(rows[limit - 1])
         return rows, None
+
+    async def delete(self, reference: str, *, client_id: str | None) -> Deletion:
+        """Revoke the grant upstream (best effort), then delete the account and its secrets."""
+        account = await self.get(reference)
+        upstream_revoked = False
+        if account.refresh_token is not None:
+            token = self.keyring.open(
+                account.refresh_token, column=Account.REFRESH_TOKEN, row=account.id
+            )
+            try:
+                upstream_revoked = await self.oauth.revoke(token)
+            except (TransientError, UpstreamProtocolError) as error:
+                log.warning("upstream revoke failed (%s); deleting anyway", error)
+        async with self.database.transaction() as session:
+            accounts = AccountRepository(session)
+            current = await accounts.get(account.id, for_update=True)
+            if current is None:
+                raise AccountNotFound()
+            await accounts.delete(current)
+            await AuditRepository(session).add_many(
+                [
+                    audit_event(
+                        Action.ACCOUNT_DELETED,
+                        "ok",
+                        client_id=client_id,
+                        account_id=account.id,
+                        detail={"upstream_revoked": upstream_revoked},
+                    )
+                ]
+            )
+            await ChangeNotices(session).send(CHANNEL, payload("account", account.id))
+        self.changes.changed("account", account.id)
+        return Deletion(account.id, upstream_revoked)

@@ -16,6 +16,7 @@ import httpx
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from service.accounts import AccountService
 from service.audit import AuditBuffer
 from service.auth import Authenticator
 from service.connect import ConnectService
@@ -27,6 +28,7 @@ from service.errors import (
     retag_problem_media_types,
     unexpected_error_response,
 )
+from service.events import ChangeFeed
 from service.google.oauth import OAuthClient
 from service.google.transport import Upstream
 from service.observability import (
@@ -34,8 +36,9 @@ from service.observability import (
     configure_logging,
     install_request_id_on_records,
 )
-from service.routers import accounts, health, oauth
+from service.routers import accounts, health, oauth, tokens
 from service.settings import ConfigurationError, Settings, env_name, load_settings
+from service.tokens import TokenService
 
 log = logging.getLogger("token_broker")
 
@@ -109,24 +112,41 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(audit.stop)
             upstream = Upstream(http)
             oauth_client = OAuthClient(upstream, settings)
-
-            async def account_changed(account_id: str) -> None:
-                return None
-
+            changes = ChangeFeed()
+            if database.is_postgres:
+                changes.listen(settings.database_url)
+                stack.push_async_callback(changes.stop)
+            authenticator = Authenticator(database, ttl=settings.api_key_cache_seconds)
+            changes.subscribe(authenticator.on_change)
+            connect = ConnectService(
+                database=database,
+                keyring=keyring,
+                oauth=oauth_client,
+                settings=settings,
+                changes=changes,
+            )
             app.state.broker = BrokerState(
                 settings=settings,
                 database=database,
                 http=http,
                 keyring=keyring,
-                authenticator=Authenticator(database, ttl=settings.api_key_cache_seconds),
+                authenticator=authenticator,
                 audit=audit,
                 head_revision=head_revision(),
-                connect=ConnectService(
+                changes=changes,
+                oauth=oauth_client,
+                accounts=AccountService(
+                    database, keyring=keyring, oauth=oauth_client, changes=changes
+                ),
+                connect=connect,
+                tokens=TokenService(
                     database=database,
                     keyring=keyring,
                     oauth=oauth_client,
+                    connect=connect,
                     settings=settings,
-                    account_changed=account_changed,
+                    audit=audit,
+                    changes=changes,
                 ),
             )
             yield
@@ -146,6 +166,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(oauth.router)
     app.include_router(accounts.router)
+    app.include_router(tokens.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

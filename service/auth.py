@@ -19,8 +19,9 @@ from enum import StrEnum
 from service.audit import Action, audit_event
 from service.db import Database
 from service.errors import BadRequest, Forbidden, NotFound, Unauthenticated
+from service.events import CHANNEL, payload
 from service.models import ApiClient, utcnow
-from service.repositories import ApiClientRepository, AuditRepository
+from service.repositories import ApiClientRepository, AuditRepository, ChangeNotices
 
 KEY_PREFIX = "tbk_"
 _KEY_SHAPE = re.compile(r"^tbk_[A-Za-z0-9_-]{43}$")
@@ -100,6 +101,10 @@ class Authenticator:
             raise Unauthenticated()
         return caller
 
+    def on_change(self, kind: str, identifier: str | None) -> None:
+        if kind == "client":
+            self.forget(identifier)
+
     def forget(self, client_id: str | None = None) -> None:
         """Drop cached entries (all, or one client's) after a revocation."""
         if client_id is None:
@@ -163,4 +168,5 @@ class ClientService:
                 await AuditRepository(session).add_many(
                     [audit_event(Action.CLIENT_REVOKED, "ok", client_id=client.id)]
                 )
+                await ChangeNotices(session).send(CHANNEL, payload("client", client.id))
         return client

@@ -10,9 +10,10 @@ import typer
 import uvicorn
 
 from service.auth import ClientService, Permission
-from service.crypto import Keyring, KeyringError
+from service.crypto import DecryptionError, Keyring, KeyringError
 from service.db import Database, create_engine, head_revision, migrate
 from service.errors import BrokerError
+from service.rotation import KeyRotation
 from service.settings import ConfigurationError, Settings, env_name, load_settings
 
 T = TypeVar("T")
@@ -194,6 +195,34 @@ def keys_generate(
         typer.echo(Keyring.generate_entry(kid))
     except KeyringError as error:
         raise fail([f"error: {error}"]) from None
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Rows per transaction.")] = 200,
+) -> None:
+    """Re-seal every stored secret under the primary (first) key; safe while serving."""
+    settings = settings_or_exit()
+    if settings.encryption_keys is None:
+        raise fail([f"{env_name('encryption_keys')}: required"])
+    try:
+        keyring = Keyring.parse(settings.encryption_keys.get_secret_value())
+    except KeyringError as error:
+        raise fail([f"{env_name('encryption_keys')}: {error}"]) from None
+    try:
+        report = with_database(
+            settings, lambda db: KeyRotation(db, keyring, batch_size=batch_size).run()
+        )
+    except DecryptionError as error:
+        raise fail(
+            [f"error: {error}; batches before it are done: fix the keyring, run again"], code=1
+        ) from None
+    details = ", ".join(f"{name}: {count}" for name, count in sorted(report.resealed.items()))
+    typer.echo(
+        f"examined {report.examined} rows, re-sealed {report.total_resealed} values"
+        + (f" ({details})" if details else "")
+        + f"; every value is now under key {report.primary}"
+    )
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,16 +40,19 @@ from service.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from service.events import ChangeFeed
 from service.google.oauth import IdTokenInvalid, OAuthClient, OAuthError, PkcePair, TokenGrant
 from service.google.transport import UpstreamProtocolError
 from service.models import Account, AccountStatus, OAuthState, utcnow
-from service.repositories import AccountRepository, AuditRepository, OAuthStateRepository
+from service.repositories import (
+    AccountRepository,
+    AuditRepository,
+    OAuthStateRepository,
+)
 from service.retry import TransientError
 from service.settings import Settings
 
 log = logging.getLogger("token_broker.connect")
-
-AccountChanged = Callable[[str], Awaitable[None]]
 
 
 def hash_state(state: str) -> str:
@@ -119,13 +121,13 @@ class ConnectService:
         keyring: Keyring,
         oauth: OAuthClient,
         settings: Settings,
-        account_changed: AccountChanged,
+        changes: ChangeFeed,
     ) -> None:
         self.database = database
         self.keyring = keyring
         self.oauth = oauth
         self.settings = settings
-        self.account_changed = account_changed
+        self.changes = changes
         self._reauthorization_urls: dict[str, tuple[float, str]] = {}
 
     # ------------------------------------------------------------------ start
@@ -306,7 +308,7 @@ class ConnectService:
         account = await self._store(grant, subject, email, client_id)
         self.forget_reauthorization_url(email)
         self.forget_reauthorization_url(login_hint)
-        await self.account_changed(account.id)
+        self.changes.changed("account", account.id)
         return account
 
     async def _exchange_code(

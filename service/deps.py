@@ -10,12 +10,16 @@ import httpx
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.accounts import AccountService
 from service.audit import AuditBuffer
 from service.auth import Authenticator, Caller, Permission
 from service.connect import ConnectService
 from service.crypto import Keyring
 from service.db import Database
+from service.events import ChangeFeed
+from service.google.oauth import OAuthClient
 from service.settings import Settings
+from service.tokens import TokenService
 
 
 @dataclass
@@ -29,7 +33,11 @@ class BrokerState:
     authenticator: Authenticator
     audit: AuditBuffer
     head_revision: str
+    changes: ChangeFeed
+    oauth: OAuthClient
+    accounts: AccountService
     connect: ConnectService
+    tokens: TokenService
 
 
 def get_state(request: Request) -> BrokerState:

@@ -119,6 +119,18 @@ class AccountRepository:
         self.session.add(account)
         await self.session.flush()
 
+    async def batch_after(self, account_id: str, limit: int) -> Sequence[Account]:
+        """The next `limit` accounts by id, locked for update (key rotation)."""
+        result = await self.session.exec(
+            select(Account)
+            .where(col(Account.id) > account_id)
+            .order_by(col(Account.id))
+            .limit(limit)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        return result.all()
+
     async def delete(self, account: Account) -> None:
         await self.session.delete(account)
         await self.session.flush()
@@ -152,9 +164,35 @@ class OAuthStateRepository:
         row = (await connection.execute(statement)).mappings().first()
         return OAuthState.model_validate(dict(row)) if row is not None else None
 
+    async def batch_after(self, state_hash: str, limit: int) -> Sequence[OAuthState]:
+        result = await self.session.exec(
+            select(OAuthState)
+            .where(col(OAuthState.state_hash) > state_hash)
+            .order_by(col(OAuthState.state_hash))
+            .limit(limit)
+            .with_for_update()
+        )
+        return result.all()
+
+    async def save(self, state: OAuthState) -> None:
+        self.session.add(state)
+        await self.session.flush()
+
     async def purge_expired(self, before: datetime) -> int:
         connection = await self.session.connection()
         result = await connection.execute(
             sa.delete(OAuthState).where(col(OAuthState.expires_at) < before)
         )
         return int(result.rowcount or 0)
+
+
+class ChangeNotices:
+    """NOTIFY other replicas of a change, delivered only when the transaction commits."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def send(self, channel: str, payload: str) -> None:
+        connection = await self.session.connection()
+        if connection.dialect.name == "postgresql":
+            await connection.execute(sa.select(sa.func.pg_notify(channel, payload)))

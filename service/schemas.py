@@ -114,3 +114,18 @@ class ExchangeRequest(BaseModel):
     code_verifier: str | None = Field(
         default=None, min_length=43, max_length=128, pattern=r"^[A-Za-z0-9._~-]+$"
     )
+
+
+class AccessToken(BaseModel):
+    access_token: str = Field(description="A Google OAuth 2.0 access token for the account.")
+    token_type: Literal["Bearer"]
+    expires_at: datetime
+    expires_in: int = Field(description="Seconds until expiry, from the moment of the answer.")
+    scopes: list[str]
+
+
+class Deleted(BaseModel):
+    deleted: Literal[True]
+    upstream_revoked: bool = Field(
+        description="Whether the provider confirmed the grant is revoked (best effort)."
+    )

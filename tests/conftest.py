@@ -71,6 +71,8 @@ def pytest_configure(config: pytest.Config) -> None:
         if name.startswith("TOKEN_BROKER_") and not name.startswith("TOKEN_BROKER_TEST_"):
             del os.environ[name]
     ARTIFACTS.mkdir(exist_ok=True)
+    for old in ARTIFACTS.glob("*.log"):
+        old.unlink()
     handler = logging.FileHandler(RUN_LOG, mode="w", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
     handler.setLevel(logging.DEBUG)
@@ -84,14 +86,14 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for handler in logging.getLogger().handlers:
         handler.flush()
-    if not RUN_LOG.exists():
-        return
-    text = RUN_LOG.read_text(encoding="utf-8", errors="replace")
+    text = "".join(
+        path.read_text(encoding="utf-8", errors="replace") for path in ARTIFACTS.glob("*.log")
+    )
     leaks = [secret[:6] + "…" for secret in KNOWN_SECRETS if secret and secret in text]
     leaks += [match.group(0)[:6] + "…" for match in SECRET_SHAPES.finditer(text)]
     if leaks:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        message = f"secret hygiene: {len(leaks)} secret(s) found in {RUN_LOG}: {leaks[:5]}"
+        message = f"secret hygiene: {len(leaks)} secret(s) in {ARTIFACTS}/*.log: {leaks[:5]}"
         if reporter is not None:
             reporter.write_line(message, red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -239,7 +241,7 @@ def settings_factory(database_url: str) -> Callable[..., Settings]:
             "issuer": "https://accounts.google.com",
             "gmail_api_base": UPSTREAM,
             "return_to_allowlist": ("https://app.example/connected",),
-            "api_key_cache_seconds": 0.0,
+            "api_key_cache_seconds": 5.0,
             "access_log": True,
         }
         values.update(overrides)
@@ -368,3 +370,26 @@ async def live(
     broker = await broker_factory(settings_factory(**provider.settings()))
     async with httpx.AsyncClient() as browser:
         yield Live(provider, broker, browser)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Any]:
+    """Google's endpoints faked with respx (JWKS preset); tests add the routes they need."""
+    import respx
+
+    from tests.google_fakes import SIGNING_KEY
+
+    with respx.mock(base_url=UPSTREAM, assert_all_called=False, assert_all_mocked=True) as mock:
+        mock.get("/oauth2/v3/certs").respond(json={"keys": [SIGNING_KEY.as_dict(private=False)]})
+        yield mock
+
+
+@pytest.fixture
+def cli_env(database_url: str) -> dict[str, str]:
+    return {
+        "TOKEN_BROKER_DATABASE_URL": database_url,
+        "TOKEN_BROKER_ENCRYPTION_KEYS": TEST_KEYS,
+        "TOKEN_BROKER_GOOGLE_CLIENT_ID": TEST_CLIENT_ID,
+        "TOKEN_BROKER_GOOGLE_CLIENT_SECRET": "GOCSPX-test-client-secret-0123456789",
+        "TOKEN_BROKER_REDIRECT_URI": "https://broker.example/v1/oauth/callback",
+    }

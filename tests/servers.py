@@ -21,7 +21,13 @@ class _QuietServer(uvicorn.Server):
 async def serve(app: Any, *, lifespan: str = "auto") -> AsyncIterator[str]:
     """Serve `app` on a free loopback port; yields its base URL."""
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan=lifespan
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_config=None,
+        access_log=False,
+        lifespan=lifespan,
+        timeout_graceful_shutdown=1,
     )
     server = _QuietServer(config)
     task = asyncio.create_task(server.serve())

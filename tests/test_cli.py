@@ -5,10 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from service.crypto import Keyring
-from tests.conftest import TEST_CLIENT_ID, TEST_KEYS, register_secret, start_broker
+from tests.conftest import register_secret, start_broker
 
 
 def cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -21,17 +19,6 @@ def cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProce
         timeout=120,
         check=False,
     )
-
-
-@pytest.fixture
-def cli_env(database_url: str) -> dict[str, str]:
-    return {
-        "TOKEN_BROKER_DATABASE_URL": database_url,
-        "TOKEN_BROKER_ENCRYPTION_KEYS": TEST_KEYS,
-        "TOKEN_BROKER_GOOGLE_CLIENT_ID": TEST_CLIENT_ID,
-        "TOKEN_BROKER_GOOGLE_CLIENT_SECRET": "GOCSPX-test-client-secret-0123456789",
-        "TOKEN_BROKER_REDIRECT_URI": "https://broker.example/v1/oauth/callback",
-    }
 
 
 def test_keys_generate_prints_a_usable_entry(tmp_path: Path) -> None:
@@ -66,7 +53,7 @@ async def test_clients_create_list_revoke_round_trip(
     assert "accounts:read tokens:read" in listed.stdout
     assert key not in listed.stdout
 
-    _, lifespan, client = await start_broker(settings_factory())
+    _, lifespan, client = await start_broker(settings_factory(api_key_cache_seconds=0))
     try:
         headers = {"Authorization": f"Bearer {key}"}
         assert (await client.get("/v1/accounts", headers=headers)).status_code == 200

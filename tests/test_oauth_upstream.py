@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -17,51 +17,9 @@ from joserfc.jwk import RSAKey
 from service.auth import Permission
 from service.settings import Settings
 from tests.conftest import TEST_CLIENT_ID, TEST_CLIENT_SECRET, TEST_REDIRECT_URI, UPSTREAM, Broker
+from tests.google_fakes import SUBJECT, form, id_token, token_body
 
 GMAIL = "https://www.googleapis.com/auth/gmail.readonly"
-SUBJECT = "109876543210987654321"
-SIGNING_KEY = RSAKey.generate_key(2048, parameters={"kid": "google-1", "alg": "RS256"})
-
-
-def id_token(**overrides: Any) -> str:
-    now = int(time.time())
-    claims = {
-        "iss": "https://accounts.google.com",
-        "aud": TEST_CLIENT_ID,
-        "azp": TEST_CLIENT_ID,
-        "sub": SUBJECT,
-        "email": "alice@example.com",
-        "email_verified": True,
-        "iat": now,
-        "exp": now + 3600,
-        **overrides,
-    }
-    claims = {k: v for k, v in claims.items() if v is not None}
-    return jwt.encode({"alg": "RS256", "kid": "google-1"}, claims, SIGNING_KEY)
-
-
-def token_body(**overrides: Any) -> dict[str, Any]:
-    body = {
-        "access_token": "ya29.upstream-access-token",
-        "expires_in": 3599,
-        "refresh_token": "1//upstream-refresh-token",
-        "scope": f"openid https://www.googleapis.com/auth/userinfo.email {GMAIL}",
-        "token_type": "Bearer",
-        "id_token": id_token(),
-        **overrides,
-    }
-    return {k: v for k, v in body.items() if v is not None}
-
-
-def form(request: httpx.Request) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[respx.MockRouter]:
-    with respx.mock(base_url=UPSTREAM, assert_all_called=False, assert_all_mocked=True) as mock:
-        mock.get("/oauth2/v3/certs").respond(json={"keys": [SIGNING_KEY.as_dict(private=False)]})
-        yield mock
 
 
 async def start_state(broker: Broker) -> str:

@@ -6,8 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
 
-from service.accounts import AccountService
-from service.deps import AccountsReader, State
+from service.deps import AccountsReader, AccountsWriter, State
 from service.errors import (
     AccountNotFound,
     Forbidden,
@@ -15,7 +14,7 @@ from service.errors import (
     Unauthenticated,
     problem_responses,
 )
-from service.schemas import Account, AccountPage
+from service.schemas import Account, AccountPage, Deleted
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 
@@ -45,7 +44,7 @@ async def list_accounts(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AccountPage:
-    rows, next_cursor = await AccountService(state.database).page(
+    rows, next_cursor = await state.accounts.page(
         email=email, status=status, cursor=cursor, limit=limit
     )
     return AccountPage(items=[Account.of(row) for row in rows], next_cursor=next_cursor)
@@ -58,4 +57,15 @@ async def list_accounts(
     responses=problem_responses(*AUTH_PROBLEMS, AccountNotFound),
 )
 async def get_account(state: State, _caller: AccountsReader, account: AccountRef) -> Account:
-    return Account.of(await AccountService(state.database).get(account))
+    return Account.of(await state.accounts.get(account))
+
+
+@router.delete(
+    "/{account}",
+    response_model=Deleted,
+    summary="Revoke the grant at the provider, then delete the account and its secrets",
+    responses=problem_responses(*AUTH_PROBLEMS, AccountNotFound),
+)
+async def delete_account(state: State, caller: AccountsWriter, account: AccountRef) -> Deleted:
+    deletion = await state.accounts.delete(account, client_id=caller.client_id)
+    return Deleted(deleted=True, upstream_revoked=deletion.upstream_revoked)

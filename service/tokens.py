@@ -1,0 +1,466 @@
+"""Access tokens: cached in process, refreshed once per expiry fleet-wide.
+
+Lookup order for `GET /v1/accounts/{account}/access-token`:
+
+1. the in-process cache (no database, no upstream): a token with at least `min_ttl`
+   seconds left is returned as is;
+2. otherwise one refresh per account per process (single flight): callers that
+   arrive while it runs await its result;
+3. across replicas, the refresh runs inside a short Postgres transaction holding the
+   account's row lock (`SELECT ... FOR UPDATE`); after acquiring it the row is read
+   again, and a token another replica stored meanwhile is used instead of refreshing.
+   The new access token (and a rotated refresh token) is stored in that transaction.
+   On SQLite (one process) the in-process single flight is the lock.
+
+A token minted after a caller's request started is always good enough for that
+caller, even if the provider's tokens live shorter than `min_ttl`: no refresh loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import sqlalchemy as sa
+from pydantic import SecretStr
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from service.accounts import PROVIDER
+from service.audit import Action, AuditBuffer, audit_event
+from service.connect import ConnectService
+from service.crypto import Keyring
+from service.db import Database
+from service.errors import (
+    AccountNotFound,
+    ProviderRejectedClient,
+    ReauthorizationRequired,
+    UpstreamUnavailable,
+)
+from service.events import CHANNEL, ChangeFeed, payload
+from service.google.oauth import OAuthClient, OAuthError, TokenGrant
+from service.google.transport import UpstreamProtocolError
+from service.models import Account, AccountStatus, utcnow
+from service.repositories import AccountRepository, AuditRepository, ChangeNotices
+from service.retry import Backoff, RetriesExhausted, TransientError, retrying
+from service.settings import Settings
+
+log = logging.getLogger("token_broker.tokens")
+
+
+class Source(StrEnum):
+    """Where a caller's token came from (metrics and audit)."""
+
+    CACHE = "cache_hit"
+    DATABASE = "database"
+    REFRESHED = "refreshed"
+    WAITED = "waited"
+    REFRESHED_ELSEWHERE = "refreshed_elsewhere"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedToken:
+    account_id: str
+    subject: str
+    email: str | None
+    access_token: SecretStr
+    expires_at: float
+    minted_at: float
+    scopes: tuple[str, ...]
+
+    def remaining(self, now: float) -> float:
+        return self.expires_at - now
+
+    @property
+    def expires_at_datetime(self) -> datetime:
+        return datetime.fromtimestamp(self.expires_at, UTC)
+
+
+class TokenCache:
+    """Decrypted access tokens by account, bounded (least recently used goes first)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._by_account: OrderedDict[str, CachedToken] = OrderedDict()
+        self._account_of: dict[str, str] = {}
+
+    def get(self, reference: str) -> CachedToken | None:
+        account_id = self._account_of.get(reference) or self._account_of.get(reference.lower())
+        if account_id is None:
+            return None
+        entry = self._by_account.get(account_id)
+        if entry is not None:
+            self._by_account.move_to_end(account_id)
+        return entry
+
+    def put(self, entry: CachedToken) -> None:
+        self._by_account[entry.account_id] = entry
+        self._by_account.move_to_end(entry.account_id)
+        self._account_of[entry.subject] = entry.account_id
+        if entry.email:
+            self._account_of[entry.email.lower()] = entry.account_id
+        while len(self._by_account) > self.capacity:
+            _, evicted = self._by_account.popitem(last=False)
+            self._unindex(evicted)
+
+    def drop(self, account_id: str | None) -> None:
+        if account_id is None:
+            self._by_account.clear()
+            self._account_of.clear()
+            return
+        entry = self._by_account.pop(account_id, None)
+        if entry is not None:
+            self._unindex(entry)
+
+    def _unindex(self, entry: CachedToken) -> None:
+        for key in (entry.subject, (entry.email or "").lower()):
+            if self._account_of.get(key) == entry.account_id:
+                del self._account_of[key]
+
+    def __len__(self) -> int:
+        return len(self._by_account)
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: CachedToken
+    source: Source
+
+
+@dataclass(frozen=True)
+class _DeadGrant:
+    error: str
+    email: str | None
+
+
+class TokenService:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        keyring: Keyring,
+        oauth: OAuthClient,
+        connect: ConnectService,
+        settings: Settings,
+        audit: AuditBuffer,
+        changes: ChangeFeed,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.database = database
+        self.keyring = keyring
+        self.oauth = oauth
+        self.connect = connect
+        self.settings = settings
+        self.audit = audit
+        self.changes = changes
+        self.clock = clock
+        self.sleep = sleep
+        self.cache = TokenCache(settings.token_cache_size)
+        self.backoff = Backoff(
+            attempts=settings.refresh_attempts,
+            budget=settings.refresh_budget_seconds,
+            initial=0.5,
+            maximum=4.0,
+            jitter=0.25,
+        )
+        self._flights: dict[str, asyncio.Task[tuple[CachedToken, Source]]] = {}
+        self._cooldown_until: dict[str, float] = {}
+        self._revoked: dict[str, str | None] = {}  # account id -> email, for the reauth URL
+        self.on_outcome: Callable[[str], None] | None = None
+        changes.subscribe(self._on_change)
+
+    # ------------------------------------------------------------------ public
+
+    async def access_token(
+        self, reference: str, *, min_ttl: int, force_refresh: bool, client_id: str | None
+    ) -> IssuedToken:
+        started = self.clock()
+        cached = self.cache.get(reference)
+        if cached is not None and not force_refresh and cached.remaining(started) >= min_ttl:
+            issued = IssuedToken(cached, Source.CACHE)
+        else:
+            try:
+                issued = await self._slow_path(reference, cached, started, min_ttl, force_refresh)
+            except ReauthorizationRequired:
+                self._count("reauthorization_required")
+                raise
+            except UpstreamUnavailable:
+                self._count("unavailable")
+                raise
+        self._count(issued.source.value)
+        self.audit.record(
+            Action.TOKEN_ISSUED,
+            "ok",
+            client_id=client_id,
+            account_id=issued.token.account_id,
+            detail={"source": issued.source.value},
+        )
+        return issued
+
+    def _count(self, outcome: str) -> None:
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+    def forget(self, account_id: str | None) -> None:
+        self.cache.drop(account_id)
+        if account_id is None:
+            self._revoked.clear()
+            self._cooldown_until.clear()
+        else:
+            self._revoked.pop(account_id, None)
+            self._cooldown_until.pop(account_id, None)
+
+    def _on_change(self, kind: str, identifier: str | None) -> None:
+        if kind == "account":
+            self.forget(identifier)
+
+    # ------------------------------------------------------------------ slow path
+
+    async def _slow_path(
+        self,
+        reference: str,
+        cached: CachedToken | None,
+        started: float,
+        min_ttl: int,
+        force_refresh: bool,
+    ) -> IssuedToken:
+        if cached is not None:
+            account_id = cached.account_id
+        else:
+            account = await self._load(reference)
+            account_id = account.id
+            if account.status == AccountStatus.REVOKED:
+                self._revoked[account.id] = account.email
+            else:
+                stored = self._from_row(account)
+                if stored is not None:
+                    self.cache.put(stored)
+                    if self._good_enough(stored, started, min_ttl, force_refresh):
+                        return IssuedToken(stored, Source.DATABASE)
+        if account_id in self._revoked:
+            raise await self._reauthorization(self._revoked[account_id])
+        flight = self._flights.get(account_id)
+        joined = flight is not None
+        if flight is None:
+            remaining = self._cooldown_until.get(account_id, 0) - time.monotonic()
+            if remaining > 0:
+                raise UpstreamUnavailable(
+                    "A refresh for this account failed moments ago; retry shortly.",
+                    retry_after=max(1, math.ceil(remaining)),
+                )
+            # The refresh is its own task: a caller that disconnects does not cancel it
+            # (nor the transaction it holds) for everyone else waiting on it.
+            flight = asyncio.create_task(
+                self._refresh(account_id, started, min_ttl, force_refresh),
+                name=f"refresh-{account_id}",
+            )
+            self._flights[account_id] = flight
+            flight.add_done_callback(lambda done: self._landed(account_id, done))
+        token, source = await asyncio.shield(flight)
+        return IssuedToken(token, Source.WAITED if joined else source)
+
+    def _landed(self, account_id: str, flight: asyncio.Task[tuple[CachedToken, Source]]) -> None:
+        if self._flights.get(account_id) is flight:
+            del self._flights[account_id]
+        if not flight.cancelled() and flight.exception() is None:
+            self.cache.put(flight.result()[0])
+
+    def _good_enough(
+        self, token: CachedToken, started: float, min_ttl: int, force_refresh: bool
+    ) -> bool:
+        if token.minted_at >= started:
+            return True  # minted after this request began: the best there is
+        return not force_refresh and token.remaining(self.clock()) >= min_ttl
+
+    async def _load(self, reference: str) -> Account:
+        async with self.database.transaction() as session:
+            account = await AccountRepository(session).resolve(PROVIDER, reference)
+        if account is None:
+            raise AccountNotFound()
+        return account
+
+    def _from_row(self, account: Account) -> CachedToken | None:
+        if account.access_token is None or account.access_token_expires_at is None:
+            return None
+        return CachedToken(
+            account_id=account.id,
+            subject=account.subject,
+            email=account.email,
+            access_token=self.keyring.open(
+                account.access_token, column=Account.ACCESS_TOKEN, row=account.id
+            ),
+            expires_at=account.access_token_expires_at.timestamp(),
+            minted_at=(account.last_refreshed_at or account.updated_at).timestamp(),
+            scopes=tuple(account.scope_list),
+        )
+
+    async def _reauthorization(self, email: str | None) -> ReauthorizationRequired:
+        return ReauthorizationRequired(
+            authorization_url=await self.connect.reauthorization_url(email)
+        )
+
+    # ------------------------------------------------------------------ refresh
+
+    async def _refresh(
+        self, account_id: str, started: float, min_ttl: int, force_refresh: bool
+    ) -> tuple[CachedToken, Source]:
+        try:
+            if self.database.is_postgres:
+                outcome = await self._refresh_under_row_lock(
+                    account_id, started, min_ttl, force_refresh
+                )
+            else:
+                outcome = await self._refresh_in_process(
+                    account_id, started, min_ttl, force_refresh
+                )
+        except RetriesExhausted as error:
+            cooldown = self.settings.refresh_cooldown_seconds
+            self._cooldown_until[account_id] = time.monotonic() + cooldown
+            self.audit.record(
+                Action.REFRESH, "unavailable", account_id=account_id,
+                detail={"class": "transient", "attempts": error.attempts},
+            )  # fmt: skip
+            log.warning(
+                "refresh failed after %d attempts (%s)",
+                error.attempts, error.last.reason, extra={"account_id": account_id},
+            )  # fmt: skip
+            raise UpstreamUnavailable(
+                "The provider's token endpoint did not answer in time.",
+                retry_after=max(error.retry_after, math.ceil(cooldown)),
+            ) from None
+        if isinstance(outcome, _DeadGrant):
+            self.cache.drop(account_id)
+            self._revoked[account_id] = outcome.email
+            raise await self._reauthorization(outcome.email)
+        return outcome
+
+    async def _refresh_under_row_lock(
+        self, account_id: str, started: float, min_ttl: int, force_refresh: bool
+    ) -> tuple[CachedToken, Source] | _DeadGrant:
+        async with self.database.transaction() as session:
+            timeout_ms = int(self.settings.lock_timeout_seconds * 1000)
+            await session.execute(sa.text(f"SET LOCAL lock_timeout = {timeout_ms}"))
+            account = await AccountRepository(session).get(account_id, for_update=True)
+            if account is None:
+                raise AccountNotFound()
+            ready = self._already_done(account, started, min_ttl, force_refresh)
+            if ready is not None:
+                return ready
+            result = await self._call_token_endpoint(account)
+            return await self._record(session, account, result)
+
+    async def _refresh_in_process(
+        self, account_id: str, started: float, min_ttl: int, force_refresh: bool
+    ) -> tuple[CachedToken, Source] | _DeadGrant:
+        # SQLite: one process, and the single flight already serialises this account.
+        # Holding a SQLite transaction across the upstream call would block other writers.
+        account = await self._load_by_id(account_id)
+        ready = self._already_done(account, started, min_ttl, force_refresh)
+        if ready is not None:
+            return ready
+        result = await self._call_token_endpoint(account)
+        async with self.database.transaction() as session:
+            current = await AccountRepository(session).get(account_id)
+            if current is None:
+                raise AccountNotFound()
+            return await self._record(session, current, result)
+
+    async def _load_by_id(self, account_id: str) -> Account:
+        async with self.database.transaction() as session:
+            account = await AccountRepository(session).get(account_id)
+        if account is None:
+            raise AccountNotFound()
+        return account
+
+    def _already_done(
+        self, account: Account, started: float, min_ttl: int, force_refresh: bool
+    ) -> tuple[CachedToken, Source] | _DeadGrant | None:
+        if account.status == AccountStatus.REVOKED:
+            return _DeadGrant(account.last_refresh_error or "revoked", account.email)
+        stored = self._from_row(account)
+        if stored is not None and self._good_enough(stored, started, min_ttl, force_refresh):
+            return stored, Source.REFRESHED_ELSEWHERE
+        return None
+
+    async def _call_token_endpoint(self, account: Account) -> TokenGrant | OAuthError:
+        if account.refresh_token is None:
+            return OAuthError("invalid_grant", status=400)
+        refresh_token = self.keyring.open(
+            account.refresh_token, column=Account.REFRESH_TOKEN, row=account.id
+        )
+
+        async def attempt() -> TokenGrant:
+            try:
+                return await self.oauth.refresh(refresh_token)
+            except UpstreamProtocolError as error:
+                # A garbled answer may be a passing proxy fault: retry within budget.
+                raise TransientError(str(error)) from None
+
+        try:
+            return await retrying(attempt, self.backoff, sleep=self.sleep)
+        except OAuthError as error:
+            if error.error == "invalid_client":
+                log.error("the provider rejected the broker's client credentials (invalid_client)")
+                raise ProviderRejectedClient() from None
+            if error.grant_is_dead:
+                return error
+            raise ReauthorizationRequired(
+                f"The provider refused the refresh ({error.error}); the user must sign in again.",
+                authorization_url=await self.connect.reauthorization_url(account.email),
+            ) from None
+
+    async def _record(
+        self, session: AsyncSession, account: Account, result: TokenGrant | OAuthError
+    ) -> tuple[CachedToken, Source] | _DeadGrant:
+        accounts = AccountRepository(session)
+        now = utcnow()
+        if isinstance(result, OAuthError):
+            account.status = AccountStatus.REVOKED
+            account.refresh_token = None
+            account.access_token = None
+            account.access_token_expires_at = None
+            account.last_refresh_error = result.error
+            account.updated_at = now
+            await accounts.save(account)
+            await AuditRepository(session).add_many([
+                audit_event(Action.REFRESH, "failed", account_id=account.id,
+                            detail={"class": "permanent", "error": result.error}),
+                audit_event(Action.ACCOUNT_REVOKED, result.error, account_id=account.id),
+            ])  # fmt: skip
+            await ChangeNotices(session).send(CHANNEL, payload("account", account.id))
+            return _DeadGrant(result.error, account.email)
+        account.access_token = self.keyring.seal(
+            result.access_token.get_secret_value(), column=Account.ACCESS_TOKEN, row=account.id
+        )
+        if result.refresh_token is not None:
+            account.refresh_token = self.keyring.seal(
+                result.refresh_token.get_secret_value(),
+                column=Account.REFRESH_TOKEN,
+                row=account.id,
+            )
+        account.access_token_expires_at = result.expires_at
+        account.last_refreshed_at = result.received_at
+        account.last_refresh_error = None
+        account.updated_at = now
+        await accounts.save(account)
+        await AuditRepository(session).add_many([
+            audit_event(Action.REFRESH, "ok", account_id=account.id,
+                        detail={"rotated_refresh_token": result.refresh_token is not None}),
+        ])  # fmt: skip
+        token = CachedToken(
+            account_id=account.id,
+            subject=account.subject,
+            email=account.email,
+            access_token=result.access_token,
+            expires_at=result.expires_at.timestamp(),
+            minted_at=result.received_at.timestamp(),
+            scopes=tuple(account.scope_list),
+        )
+        return token, Source.REFRESHED
