@@ -29,14 +29,16 @@ from service.errors import (
     unexpected_error_response,
 )
 from service.events import ChangeFeed
+from service.google.gmail import GmailClient
 from service.google.oauth import OAuthClient
 from service.google.transport import Upstream
+from service.listing import ListingService
 from service.observability import (
     RequestContextMiddleware,
     configure_logging,
     install_request_id_on_records,
 )
-from service.routers import accounts, health, oauth, tokens
+from service.routers import accounts, health, messages, oauth, tokens
 from service.settings import ConfigurationError, Settings, env_name, load_settings
 from service.tokens import TokenService
 
@@ -125,6 +127,15 @@ def create_app(settings: Settings) -> FastAPI:
                 settings=settings,
                 changes=changes,
             )
+            tokens = TokenService(
+                database=database,
+                keyring=keyring,
+                oauth=oauth_client,
+                connect=connect,
+                settings=settings,
+                audit=audit,
+                changes=changes,
+            )
             app.state.broker = BrokerState(
                 settings=settings,
                 database=database,
@@ -139,14 +150,12 @@ def create_app(settings: Settings) -> FastAPI:
                     database, keyring=keyring, oauth=oauth_client, changes=changes
                 ),
                 connect=connect,
-                tokens=TokenService(
-                    database=database,
-                    keyring=keyring,
-                    oauth=oauth_client,
-                    connect=connect,
+                tokens=tokens,
+                listing=ListingService(
+                    gmail=GmailClient(upstream, settings.gmail_api_base),
+                    tokens=tokens,
                     settings=settings,
                     audit=audit,
-                    changes=changes,
                 ),
             )
             yield
@@ -167,6 +176,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(oauth.router)
     app.include_router(accounts.router)
     app.include_router(tokens.router)
+    app.include_router(messages.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -18,6 +18,7 @@ from service.crypto import Keyring
 from service.db import Database
 from service.events import ChangeFeed
 from service.google.oauth import OAuthClient
+from service.listing import ListingService
 from service.settings import Settings
 from service.tokens import TokenService
 
@@ -38,6 +39,7 @@ class BrokerState:
     accounts: AccountService
     connect: ConnectService
     tokens: TokenService
+    listing: ListingService
 
 
 def get_state(request: Request) -> BrokerState:

@@ -14,6 +14,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("token_broker.http")
@@ -193,6 +194,8 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_request_id)
+        except ClientDisconnect:
+            log.info("client went away mid-response", extra={"path": scope.get("path")})
         except Exception:
             log.exception("unhandled error", extra={"path": scope.get("path")})
             if not response_started:

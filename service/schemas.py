@@ -129,3 +129,15 @@ class Deleted(BaseModel):
     upstream_revoked: bool = Field(
         description="Whether the provider confirmed the grant is revoked (best effort)."
     )
+
+
+class MessageRef(BaseModel):
+    id: str
+    threadId: str
+
+
+class MessageList(BaseModel):
+    messages: list[MessageRef]
+    count: int
+    result_size_estimate: int = Field(description="Gmail's estimate from the first page.")
+    pages: int = Field(description="Upstream pages fetched (500 messages each).")

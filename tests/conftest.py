@@ -288,7 +288,9 @@ async def start_broker(settings: Settings) -> tuple[Any, Any, httpx.AsyncClient]
 
 
 @pytest.fixture
-async def broker_factory() -> AsyncIterator[Callable[[Settings], Any]]:
+async def broker_factory(database_url: str) -> AsyncIterator[Callable[[Settings], Any]]:
+    # Depends on database_url so brokers stop (and flush their audit) before the tables
+    # are emptied for the next test.
     running: list[tuple[Any, httpx.AsyncClient]] = []
 
     async def make(settings: Settings) -> Broker:

@@ -192,6 +192,9 @@ class FaultsAndCounters:
             if rule is not None and rule.kind in ("latency", "hang"):
                 await asyncio.sleep(rule.delay if rule.kind == "latency" else rule.delay or 3600)
                 rule = None
+            elif rule is not None and rule.kind == "revoke":
+                self.state.revoke_user(rule.reason or "")
+                rule = None
             if rule is None:
                 await self.app(scope, receive, counting_send)
             elif rule.kind == "drop":

@@ -83,7 +83,7 @@ class AccessToken:
     expires_at: float
 
 
-FaultKind = Literal["status", "drop", "hang", "latency", "raw"]
+FaultKind = Literal["status", "drop", "hang", "latency", "raw", "revoke"]
 
 
 @dataclass
@@ -91,7 +91,8 @@ class FaultRule:
     """Hits calls of `endpoint` ("*": all): skips `after` calls, then hits `times` (None: all).
 
     kind: status (an error response as the endpoint sends it), drop (connection closed
-    mid-response), hang or latency (wait `delay`), raw (`reason` as the body, verbatim).
+    mid-response), hang or latency (wait `delay`), raw (`reason` as the body, verbatim),
+    revoke (revoke the grants of the user whose email is `reason`, then answer normally).
     """
 
     endpoint: str

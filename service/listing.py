@@ -1,0 +1,201 @@
+"""Complete Gmail listings: every page followed, one request at a time, resilient.
+
+Pages of 500 (Gmail's maximum; the default 100 costs five times the round trips).
+A 401 refreshes the token once and retries that page; rate limits, 5xx and timeouts
+back off exponentially with jitter, honouring Retry-After, within a per-page budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from pydantic import SecretStr
+
+from service.audit import Action, AuditBuffer
+from service.errors import (
+    ReauthorizationRequired,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
+from service.google.gmail import GmailClient, GmailError, GmailUnauthorized, MessagePage
+from service.google.transport import UpstreamProtocolError
+from service.retry import Backoff, RetriesExhausted, TransientError, retrying
+from service.settings import Settings
+from service.tokens import TokenService
+
+log = logging.getLogger("token_broker.listing")
+
+PAGE_SIZE = 500
+TOKEN_MIN_TTL = 300
+RATE_LIMITED = ("HTTP 429", "rateLimitExceeded", "userRateLimitExceeded")
+
+
+@dataclass(frozen=True)
+class ListingQuery:
+    q: str | None = None
+    label_ids: list[str] = field(default_factory=list)
+    include_spam_trash: bool = False
+    limit: int | None = None
+
+
+@dataclass
+class Progress:
+    pages: int = 0
+    count: int = 0
+    result_size_estimate: int = 0
+    retries: int = 0
+
+
+class Listing:
+    """One listing in progress: iterate `pages()`; `progress` says how far it got."""
+
+    def __init__(
+        self,
+        service: ListingService,
+        reference: str,
+        query: ListingQuery,
+        client_id: str | None,
+    ) -> None:
+        self.service = service
+        self.reference = reference
+        self.query = query
+        self.client_id = client_id
+        self.progress = Progress()
+        self._token: SecretStr | None = None
+        self._account_id: str | None = None
+        self._email: str | None = None
+
+    async def first_page(self) -> MessagePage:
+        """Fetch the first page: failures here can still be a plain problem response."""
+        issued = await self.service.tokens.access_token(
+            self.reference, min_ttl=TOKEN_MIN_TTL, force_refresh=False, client_id=self.client_id
+        )
+        self._token = issued.token.access_token
+        self._account_id = issued.token.account_id
+        self._email = issued.token.email
+        return await self._page(None)
+
+    async def pages(self, first: MessagePage) -> AsyncIterator[list[dict[str, str]]]:
+        """Yield each page's messages, `first` included, until the end or the limit."""
+        page = first
+        self.progress.result_size_estimate = page.result_size_estimate
+        while True:
+            messages = page.messages
+            limit = self.query.limit
+            if limit is not None:
+                messages = messages[: max(0, limit - self.progress.count)]
+            self.progress.count += len(messages)
+            yield messages
+            done = limit is not None and self.progress.count >= limit
+            if page.next_page_token is None or done:
+                return
+            page = await self._page(page.next_page_token)
+
+    def audit(self, outcome: str) -> None:
+        self.service.audit.record(
+            Action.MESSAGES_LISTED,
+            outcome,
+            client_id=self.client_id,
+            account_id=self._account_id,
+            detail={
+                "pages": self.progress.pages,
+                "count": self.progress.count,
+                "retries": self.progress.retries,
+            },
+        )
+
+    async def _page(self, page_token: str | None) -> MessagePage:
+        try:
+            page = await self._page_with_one_refresh(page_token)
+        except RetriesExhausted as error:
+            if any(marker in error.last.reason for marker in RATE_LIMITED):
+                raise UpstreamRateLimited(retry_after=error.retry_after) from None
+            raise UpstreamUnavailable(
+                "Gmail did not answer in time.", retry_after=error.retry_after
+            ) from None
+        except GmailError as error:
+            raise UpstreamError(
+                f"Gmail refused the listing ({error.status} {error.reason}).",
+                gmail_reason=error.reason,
+            ) from None
+        self.progress.pages += 1
+        if self.service.on_page is not None:
+            self.service.on_page()
+        return page
+
+    async def _page_with_one_refresh(self, page_token: str | None) -> MessagePage:
+        try:
+            return await self._page_with_backoff(page_token)
+        except GmailUnauthorized:
+            # Expired or revoked mid-listing: one forced refresh, then one more try.
+            issued = await self.service.tokens.access_token(
+                self.reference, min_ttl=TOKEN_MIN_TTL, force_refresh=True, client_id=self.client_id
+            )
+            self._token = issued.token.access_token
+        try:
+            return await self._page_with_backoff(page_token)
+        except GmailUnauthorized:
+            raise ReauthorizationRequired(
+                "Gmail refused a freshly refreshed token; the user must reconnect.",
+                authorization_url=await self.service.tokens.connect.reauthorization_url(
+                    self._email
+                ),
+            ) from None
+
+    async def _page_with_backoff(self, page_token: str | None) -> MessagePage:
+        assert self._token is not None
+        token = self._token
+
+        async def attempt() -> MessagePage:
+            try:
+                return await self.service.gmail.list_messages(
+                    token,
+                    q=self.query.q,
+                    label_ids=self.query.label_ids,
+                    include_spam_trash=self.query.include_spam_trash,
+                    page_token=page_token,
+                    max_results=PAGE_SIZE,
+                )
+            except UpstreamProtocolError as error:
+                raise TransientError(str(error)) from None
+
+        def retried(error: TransientError, wait: float) -> None:
+            self.progress.retries += 1
+            if self.service.on_retry is not None:
+                self.service.on_retry(error.reason)
+
+        return await retrying(
+            attempt, self.service.backoff, sleep=self.service.sleep, on_retry=retried
+        )
+
+
+class ListingService:
+    def __init__(
+        self,
+        *,
+        gmail: GmailClient,
+        tokens: TokenService,
+        settings: Settings,
+        audit: AuditBuffer,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.gmail = gmail
+        self.tokens = tokens
+        self.audit = audit
+        self.sleep = sleep
+        self.backoff = Backoff(
+            attempts=settings.gmail_attempts,
+            budget=settings.gmail_budget_seconds,
+            initial=settings.gmail_backoff_seconds,
+            maximum=32.0,
+            jitter=settings.gmail_backoff_seconds,
+        )
+        self.on_page: Callable[[], None] | None = None
+        self.on_retry: Callable[[str], None] | None = None
+
+    def listing(self, reference: str, query: ListingQuery, client_id: str | None) -> Listing:
+        return Listing(self, reference, query, client_id)
