@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
 import uvicorn
+from dotenv import dotenv_values
 
 from service.auth import ClientService, Permission
 from service.crypto import DecryptionError, Keyring, KeyringError
 from service.db import Database, create_engine, head_revision, migrate
+from service.dev import banner, dev_app, prepare, production_signals
 from service.errors import BrokerError
+from service.observability import configure_logging
 from service.rotation import KeyRotation
 from service.settings import ConfigurationError, Settings, env_name, load_settings
 
@@ -84,6 +89,45 @@ def serve(
         access_log=False,
         proxy_headers=True,
         server_header=False,
+    )
+
+
+@app.command()
+def dev(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    data_dir: Annotated[
+        Path, typer.Option(help="Where the SQLite database, keyring and sandbox state live.")
+    ] = Path(".token-broker-dev"),
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Start although the configuration looks like production."),
+    ] = False,
+) -> None:
+    """Run the broker with a sandbox Google in one process: SQLite, generated keyring, dev key."""
+    signals = production_signals({**dotenv_values(".env"), **os.environ})  # type: ignore[dict-item]
+    if signals and not force:
+        raise fail(
+            [
+                "refusing dev mode: this configuration looks like production:",
+                *(f"  {signal}" for signal in signals),
+                "dev mode runs a fake Google; pass --force to start anyway (using that database).",
+            ]
+        )
+    configure_logging("INFO", "text")
+    try:
+        environment = prepare(data_dir, host, port, keep_database_url=force)
+    except ConfigurationError as error:
+        raise fail(["configuration error:", *(f"  {p}" for p in error.problems)]) from None
+    typer.echo(banner(environment))
+    uvicorn.run(
+        dev_app(environment),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=5,
     )
 
 

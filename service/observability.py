@@ -85,6 +85,7 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, No
     "asctime",
     "request_id",
     "taskName",
+    "color_message",  # uvicorn's ANSI-coloured copy of the message
 }
 
 
@@ -210,6 +211,6 @@ class RequestContextMiddleware:
                     scope.get("method"),
                     scope.get("path"),
                     status,
-                    extra={"duration_ms": round(elapsed * 1000, 2), "status": status},
+                    extra={"duration_ms": round(elapsed * 1000, 2)},
                 )
             _request_id.reset(token)

@@ -33,7 +33,6 @@ from service.sandbox.state import (
     FaultRule,
     Grant,
     SandboxState,
-    _random,
 )
 
 AUTHORIZE_PATH = "/o/oauth2/v2/auth"
@@ -479,8 +478,7 @@ def oauth_router(state: SandboxState) -> APIRouter:
                 return oauth_error(400, "invalid_grant", "Invalid code verifier.")
         grant = state.live_grant(code.email, client_id)
         if grant is None:
-            grant = Grant(id=_random("g", 16), email=code.email, client_id=client_id, scopes=set())
-            state.grants[grant.id] = grant
+            grant = state.new_grant(code.email, client_id, set(code.scopes))
         grant.scopes = set(code.scopes)
         access_token, lifetime = state.issue_access_token(grant)
         body: dict[str, Any] = {
@@ -518,7 +516,7 @@ def oauth_router(state: SandboxState) -> APIRouter:
         if state.rotate_refresh_tokens:
             grant.refresh_tokens.discard(presented)
             grant.rotated_refresh_tokens.add(presented)
-            body["refresh_token"] = state.issue_refresh_token(grant)
+            body["refresh_token"] = state.issue_refresh_token(grant)  # saves the rotation too
         if "openid" in grant.scopes:
             body["id_token"] = _id_token(state, request, grant, client_id)
         return JSONResponse(body, headers=NO_STORE)

@@ -6,8 +6,9 @@ import hashlib
 import secrets
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from joserfc.jwk import RSAKey
 
@@ -151,6 +152,12 @@ class SandboxState:
         )
         self.page_tokens = PageTokens(secrets.token_bytes(32))
         self.searches = SearchCache()
+        # Called when clients, users or grants change (dev mode saves them to disk).
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     # ------------------------------------------------------------------ setup
 
@@ -159,6 +166,7 @@ class SandboxState:
     ) -> SandboxClient:
         client = SandboxClient(client_id, client_secret, {*redirect_uris, "postmessage"})
         self.clients[client_id] = client
+        self._changed()
         return client
 
     def add_user(
@@ -179,6 +187,7 @@ class SandboxState:
         elif mailbox_size is not None:
             user.mailbox_size = mailbox_size
             self.searches.clear()
+        self._changed()
         return user
 
     def reset(self) -> None:
@@ -200,6 +209,12 @@ class SandboxState:
                 return grant
         return None
 
+    def new_grant(self, email: str, client_id: str, scopes: set[str]) -> Grant:
+        grant = Grant(id=_random("g", 16), email=email, client_id=client_id, scopes=scopes)
+        self.grants[grant.id] = grant
+        self._changed()
+        return grant
+
     def issue_code(self, code: AuthCode) -> str:
         value = _random("4/0A", 60)
         self.codes[value] = code
@@ -214,6 +229,7 @@ class SandboxState:
     def issue_refresh_token(self, grant: Grant) -> str:
         token = _random("1//sandbox-", 64)
         grant.refresh_tokens.add(token)
+        self._changed()
         return token
 
     def grant_for_refresh_token(self, token: str) -> tuple[Grant | None, bool]:
@@ -236,6 +252,7 @@ class SandboxState:
 
     def revoke_grant(self, grant: Grant) -> None:
         grant.revoked = True
+        self._changed()
         for token, access in list(self.access_tokens.items()):
             if access.grant_id == grant.id:
                 del self.access_tokens[token]
@@ -274,3 +291,42 @@ class SandboxState:
 
     def calls_to(self, endpoint: str) -> list[Call]:
         return [call for call in self.call_log if call.endpoint == endpoint]
+
+    # ------------------------------------------------------------------ persistence (dev mode)
+
+    def snapshot(self) -> dict[str, object]:
+        """Clients, users and grants, so a restarted dev broker's refresh tokens still work."""
+        return {
+            "clients": [
+                {"client_id": c.client_id, "client_secret": c.client_secret,
+                 "redirect_uris": sorted(c.redirect_uris - {"postmessage"})}
+                for c in self.clients.values()
+            ],
+            "users": [
+                {"email": u.email, "name": u.name, "mailbox_size": u.mailbox_size}
+                for u in self.users.values()
+            ],
+            "grants": [
+                {"id": g.id, "email": g.email, "client_id": g.client_id,
+                 "scopes": sorted(g.scopes), "refresh_tokens": sorted(g.refresh_tokens),
+                 "rotated_refresh_tokens": sorted(g.rotated_refresh_tokens),
+                 "revoked": g.revoked}
+                for g in self.grants.values()
+            ],
+        }  # fmt: skip
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        for client in snapshot.get("clients", []):
+            self.add_client(client["client_id"], client["client_secret"], client["redirect_uris"])
+        for user in snapshot.get("users", []):
+            self.add_user(user["email"], name=user["name"], mailbox_size=user["mailbox_size"])
+        for grant in snapshot.get("grants", []):
+            self.grants[grant["id"]] = Grant(
+                id=grant["id"],
+                email=grant["email"],
+                client_id=grant["client_id"],
+                scopes=set(grant["scopes"]),
+                refresh_tokens=set(grant["refresh_tokens"]),
+                rotated_refresh_tokens=set(grant["rotated_refresh_tokens"]),
+                revoked=grant["revoked"],
+            )
