@@ -32,15 +32,20 @@ from service.events import ChangeFeed
 from service.google.gmail import GmailClient
 from service.google.oauth import OAuthClient
 from service.google.transport import Upstream
+from service.keepalive import KeepAlive
 from service.listing import ListingService
+from service.metrics import Metrics
 from service.observability import (
     RequestContextMiddleware,
     configure_logging,
     install_request_id_on_records,
 )
 from service.routers import accounts, health, messages, oauth, tokens
+from service.routers import metrics as metrics_router
 from service.settings import ConfigurationError, Settings, env_name, load_settings
+from service.shutdown import Drain
 from service.tokens import TokenService
+from service.webhooks import Webhooks
 
 log = logging.getLogger("token_broker")
 
@@ -90,6 +95,7 @@ def build_http_client(settings: Settings) -> httpx.AsyncClient:
 
 def create_app(settings: Settings) -> FastAPI:
     install_request_id_on_records()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -98,6 +104,9 @@ def create_app(settings: Settings) -> FastAPI:
             raise ConfigurationError(problems)
         keyring = build_keyring(settings)
         async with AsyncExitStack() as stack:
+            drain = Drain()
+            drain.install()
+            stack.callback(drain.uninstall)
             database = Database(
                 create_engine(
                     settings.database_url,
@@ -109,10 +118,10 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(database.dispose)
             http = build_http_client(settings)
             stack.push_async_callback(http.aclose)
-            audit = AuditBuffer(database)
+            audit = AuditBuffer(database, on_drop=metrics.audit_dropped.inc)
             audit.start()
             stack.push_async_callback(audit.stop)
-            upstream = Upstream(http)
+            upstream = Upstream(http, observer=metrics.observe_upstream)
             oauth_client = OAuthClient(upstream, settings)
             changes = ChangeFeed()
             if database.is_postgres:
@@ -120,12 +129,16 @@ def create_app(settings: Settings) -> FastAPI:
                 stack.push_async_callback(changes.stop)
             authenticator = Authenticator(database, ttl=settings.api_key_cache_seconds)
             changes.subscribe(authenticator.on_change)
+            webhooks = Webhooks(database, http, settings, metrics)
+            webhooks.start()
+            stack.push_async_callback(webhooks.stop)
             connect = ConnectService(
                 database=database,
                 keyring=keyring,
                 oauth=oauth_client,
                 settings=settings,
                 changes=changes,
+                webhooks=webhooks,
             )
             tokens = TokenService(
                 database=database,
@@ -135,7 +148,13 @@ def create_app(settings: Settings) -> FastAPI:
                 settings=settings,
                 audit=audit,
                 changes=changes,
+                metrics=metrics,
+                webhooks=webhooks,
             )
+            keepalive = KeepAlive(database, tokens, settings)
+            if settings.keepalive_active:
+                keepalive.start()
+                stack.push_async_callback(keepalive.stop)
             app.state.broker = BrokerState(
                 settings=settings,
                 database=database,
@@ -156,9 +175,18 @@ def create_app(settings: Settings) -> FastAPI:
                     tokens=tokens,
                     settings=settings,
                     audit=audit,
+                    metrics=metrics,
+                    drain=drain,
                 ),
+                metrics=metrics,
+                drain=drain,
+                webhooks=webhooks,
+                keepalive=keepalive,
             )
             yield
+            # Shutting down: anything still running (a stream past the grace period)
+            # sees the drain flag; background tasks stop before the pool closes.
+            drain.begin()
 
     app = FastAPI(
         title="Token Broker",
@@ -171,12 +199,15 @@ def create_app(settings: Settings) -> FastAPI:
         RequestContextMiddleware,
         access_log=settings.access_log,
         error_response=unexpected_error_response,
+        on_response=metrics.observe_http,
     )
     app.include_router(health.router)
     app.include_router(oauth.router)
     app.include_router(accounts.router)
     app.include_router(tokens.router)
     app.include_router(messages.router)
+    if settings.metrics_enabled:
+        app.include_router(metrics_router.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

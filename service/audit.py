@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
@@ -59,13 +60,18 @@ class AuditBuffer:
     """Batches audit events and writes them every `interval` seconds in one transaction."""
 
     def __init__(
-        self, database: Database, *, interval: float = 1.0, max_pending: int = 100_000
+        self,
+        database: Database,
+        *,
+        interval: float = 1.0,
+        max_pending: int = 100_000,
+        on_drop: Callable[[], None] | None = None,
     ) -> None:
         self.database = database
         self.interval = interval
         self._pending: deque[dict[str, Any]] = deque(maxlen=max_pending)
         self._task: asyncio.Task[None] | None = None
-        self.dropped = 0
+        self.on_drop = on_drop
 
     def record(
         self,
@@ -76,8 +82,8 @@ class AuditBuffer:
         account_id: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        if len(self._pending) == self._pending.maxlen:
-            self.dropped += 1
+        if len(self._pending) == self._pending.maxlen and self.on_drop is not None:
+            self.on_drop()
         self._pending.append(
             audit_event(action, outcome, client_id=client_id, account_id=account_id, detail=detail)
         )

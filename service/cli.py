@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import shutil
+import signal
+import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -12,12 +17,16 @@ import typer
 import uvicorn
 from dotenv import dotenv_values
 
+from service.app import build_http_client
 from service.auth import ClientService, Permission
 from service.crypto import DecryptionError, Keyring, KeyringError
 from service.db import Database, create_engine, head_revision, migrate
 from service.dev import banner, dev_app, prepare, production_signals
 from service.errors import BrokerError
+from service.google.oauth import OAuthClient
+from service.google.transport import Upstream
 from service.observability import configure_logging
+from service.retry import TransientError
 from service.rotation import KeyRotation
 from service.settings import ConfigurationError, Settings, env_name, load_settings
 
@@ -79,6 +88,14 @@ def serve(
                 "process (its refresh lock is in-process)"
             ]
         )
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Workers write their samples here and /metrics sums them (see service.metrics).
+        samples = tempfile.mkdtemp(prefix="token-broker-metrics-")
+        atexit.register(shutil.rmtree, samples, ignore_errors=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = samples
+    # uvicorn re-raises SIGTERM after its graceful shutdown, once this handler is back in
+    # place: a drained shutdown then exits 0 instead of dying by the signal.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         "service.app:create_app_from_environment",
         factory=True,
@@ -89,6 +106,7 @@ def serve(
         access_log=False,
         proxy_headers=True,
         server_header=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )
 
 
@@ -185,10 +203,21 @@ def check() -> None:
         )
 
     with_database(settings, database_checks)
+    if settings.google_client_id:
+        try:
+            answer = asyncio.run(_probe_provider(settings))
+            report(f"provider: {answer}", None)
+        except TransientError as error:
+            report("provider", f"unreachable ({error.reason})")
     for line in lines:
         typer.echo(line)
     if failed:
         raise typer.Exit(1)
+
+
+async def _probe_provider(settings: Settings) -> str:
+    async with build_http_client(settings) as http:
+        return await OAuthClient(Upstream(http), settings).probe()
 
 
 @clients_app.command("create")

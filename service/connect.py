@@ -40,17 +40,19 @@ from service.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from service.events import ChangeFeed
+from service.events import CHANNEL, ChangeFeed, payload
 from service.google.oauth import IdTokenInvalid, OAuthClient, OAuthError, PkcePair, TokenGrant
 from service.google.transport import UpstreamProtocolError
 from service.models import Account, AccountStatus, OAuthState, utcnow
 from service.repositories import (
     AccountRepository,
     AuditRepository,
+    ChangeNotices,
     OAuthStateRepository,
 )
 from service.retry import TransientError
 from service.settings import Settings
+from service.webhooks import Webhooks
 
 log = logging.getLogger("token_broker.connect")
 
@@ -122,12 +124,14 @@ class ConnectService:
         oauth: OAuthClient,
         settings: Settings,
         changes: ChangeFeed,
+        webhooks: Webhooks,
     ) -> None:
         self.database = database
         self.keyring = keyring
         self.oauth = oauth
         self.settings = settings
         self.changes = changes
+        self.webhooks = webhooks
         self._reauthorization_urls: dict[str, tuple[float, str]] = {}
 
     # ------------------------------------------------------------------ start
@@ -394,7 +398,8 @@ class ConnectService:
                     id=str(uuid.uuid4()), provider=PROVIDER, subject=subject,
                     created_at=now, updated_at=now,
                 )  # fmt: skip
-            elif account.status != AccountStatus.ACTIVE:
+            reactivated = account.status == AccountStatus.REVOKED
+            if reactivated:
                 # A dead grant's refresh token is worthless; only a new one revives it.
                 account.refresh_token = None
             if grant.refresh_token is not None:
@@ -427,6 +432,13 @@ class ConnectService:
                     )
                 ]
             )
+            if reactivated:
+                await self.webhooks.account_changed(
+                    session, "account.reactivated", account, "reconnected"
+                )
+            await ChangeNotices(session).send(CHANNEL, payload("account", account.id))
+        if reactivated:
+            self.webhooks.wake()
         return account
 
     async def _record_failure(self, error: BrokerError, client_id: str | None) -> None:

@@ -18,9 +18,13 @@ from service.crypto import Keyring
 from service.db import Database
 from service.events import ChangeFeed
 from service.google.oauth import OAuthClient
+from service.keepalive import KeepAlive
 from service.listing import ListingService
+from service.metrics import Metrics
 from service.settings import Settings
+from service.shutdown import Drain
 from service.tokens import TokenService
+from service.webhooks import Webhooks
 
 
 @dataclass
@@ -40,6 +44,10 @@ class BrokerState:
     connect: ConnectService
     tokens: TokenService
     listing: ListingService
+    metrics: Metrics
+    drain: Drain
+    webhooks: Webhooks
+    keepalive: KeepAlive
 
 
 def get_state(request: Request) -> BrokerState:

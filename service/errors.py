@@ -265,6 +265,16 @@ class NotReady(BrokerError):
     default_detail = "A readiness check failed; see checks."
 
 
+class ShuttingDown(BrokerError):
+    status = 503
+    code = "shutting_down"
+    title = "Shutting down"
+    default_detail = "This broker instance is shutting down; retry, another will answer."
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, retry_after=1)
+
+
 class RateLimited(BrokerError):
     status = 429
     code = "rate_limited"

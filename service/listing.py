@@ -17,21 +17,23 @@ from pydantic import SecretStr
 from service.audit import Action, AuditBuffer
 from service.errors import (
     ReauthorizationRequired,
+    ShuttingDown,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
 from service.google.gmail import GmailClient, GmailError, GmailUnauthorized, MessagePage
 from service.google.transport import UpstreamProtocolError
+from service.metrics import Metrics
 from service.retry import Backoff, RetriesExhausted, TransientError, retrying
 from service.settings import Settings
+from service.shutdown import Drain
 from service.tokens import TokenService
 
 log = logging.getLogger("token_broker.listing")
 
 PAGE_SIZE = 500
 TOKEN_MIN_TTL = 300
-RATE_LIMITED = ("HTTP 429", "rateLimitExceeded", "userRateLimitExceeded")
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class Listing:
             done = limit is not None and self.progress.count >= limit
             if page.next_page_token is None or done:
                 return
+            if self.service.drain.draining:
+                raise ShuttingDown()
             page = await self._page(page.next_page_token)
 
     def audit(self, outcome: str) -> None:
@@ -112,7 +116,7 @@ class Listing:
         try:
             page = await self._page_with_one_refresh(page_token)
         except RetriesExhausted as error:
-            if any(marker in error.last.reason for marker in RATE_LIMITED):
+            if error.last.kind == "rate_limited":
                 raise UpstreamRateLimited(retry_after=error.retry_after) from None
             raise UpstreamUnavailable(
                 "Gmail did not answer in time.", retry_after=error.retry_after
@@ -123,8 +127,7 @@ class Listing:
                 gmail_reason=error.reason,
             ) from None
         self.progress.pages += 1
-        if self.service.on_page is not None:
-            self.service.on_page()
+        self.service.metrics.gmail_pages.inc()
         return page
 
     async def _page_with_one_refresh(self, page_token: str | None) -> MessagePage:
@@ -161,12 +164,11 @@ class Listing:
                     max_results=PAGE_SIZE,
                 )
             except UpstreamProtocolError as error:
-                raise TransientError(str(error)) from None
+                raise TransientError(str(error), kind="malformed") from None
 
         def retried(error: TransientError, wait: float) -> None:
             self.progress.retries += 1
-            if self.service.on_retry is not None:
-                self.service.on_retry(error.reason)
+            self.service.metrics.gmail_retries.labels(error.kind).inc()
 
         return await retrying(
             attempt, self.service.backoff, sleep=self.service.sleep, on_retry=retried
@@ -181,11 +183,15 @@ class ListingService:
         tokens: TokenService,
         settings: Settings,
         audit: AuditBuffer,
+        metrics: Metrics,
+        drain: Drain,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.gmail = gmail
         self.tokens = tokens
         self.audit = audit
+        self.metrics = metrics
+        self.drain = drain
         self.sleep = sleep
         self.backoff = Backoff(
             attempts=settings.gmail_attempts,
@@ -194,8 +200,6 @@ class ListingService:
             maximum=32.0,
             jitter=settings.gmail_backoff_seconds,
         )
-        self.on_page: Callable[[], None] | None = None
-        self.on_retry: Callable[[str], None] | None = None
 
     def listing(self, reference: str, query: ListingQuery, client_id: str | None) -> Listing:
         return Listing(self, reference, query, client_id)

@@ -121,3 +121,23 @@ class AuditEvent(SQLModel, table=True):
     outcome: str = Field(max_length=32)
     request_id: str | None = Field(default=None, max_length=64)
     detail: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """An account notification waiting to be (or already) delivered: the webhook outbox.
+
+    Written in the same transaction as the change it reports, so none is lost; sent
+    by a background dispatcher that leases one row at a time (any replica may send).
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: str = Field(primary_key=True, max_length=36)
+    event_type: str = Field(max_length=64)
+    payload: dict[str, Any] = Field(sa_type=sa.JSON)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    next_attempt_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    attempts: int = Field(default=0)
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    failed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str | None = Field(default=None, max_length=200)

@@ -7,10 +7,11 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from service.models import Account, ApiClient, AuditEvent, OAuthState
+from service.models import Account, ApiClient, AuditEvent, OAuthState, WebhookDelivery
 
 
 class ApiClientRepository:
@@ -119,6 +120,23 @@ class AccountRepository:
         self.session.add(account)
         await self.session.flush()
 
+    async def stale_ids(self, cutoff: datetime, limit: int) -> list[str]:
+        """Active accounts whose refresh token has not been used since `cutoff`, oldest first."""
+        last_used = sa.func.coalesce(col(Account.last_refreshed_at), col(Account.created_at))
+        result = await self.session.exec(
+            select(Account.id)
+            .where(Account.status == "active", last_used < cutoff)
+            .order_by(last_used)
+            .limit(limit)
+        )
+        return list(result.all())
+
+    async def count_by_status(self) -> dict[str, int]:
+        result = await self.session.exec(
+            select(Account.status, sa.func.count()).group_by(Account.status)
+        )
+        return {status: int(count) for status, count in result.all()}
+
     async def batch_after(self, account_id: str, limit: int) -> Sequence[Account]:
         """The next `limit` accounts by id, locked for update (key rotation)."""
         result = await self.session.exec(
@@ -196,3 +214,81 @@ class ChangeNotices:
         connection = await self.session.connection()
         if connection.dialect.name == "postgresql":
             await connection.execute(sa.select(sa.func.pg_notify(channel, payload)))
+
+
+class WebhookRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, delivery: WebhookDelivery) -> None:
+        self.session.add(delivery)
+        await self.session.flush()
+
+    async def lease_next(self, now: datetime, lease_until: datetime) -> WebhookDelivery | None:
+        """Claim the next due delivery until `lease_until`; None when nothing is due.
+
+        The outer WHERE repeats the due condition, so two replicas racing for the same
+        row cannot both claim it; on Postgres SKIP LOCKED keeps them off each other.
+        """
+        due = sa.and_(
+            col(WebhookDelivery.delivered_at).is_(None),
+            col(WebhookDelivery.failed_at).is_(None),
+            col(WebhookDelivery.next_attempt_at) <= now,
+        )
+        candidate = (
+            sa.select(col(WebhookDelivery.id))
+            .where(due)
+            .order_by(col(WebhookDelivery.next_attempt_at))
+            .limit(1)
+        )
+        connection = await self.session.connection()
+        if connection.dialect.name == "postgresql":
+            candidate = candidate.with_for_update(skip_locked=True)
+        statement = (
+            sa.update(WebhookDelivery)
+            .where(col(WebhookDelivery.id) == candidate.scalar_subquery(), due)
+            .values(next_attempt_at=lease_until, attempts=col(WebhookDelivery.attempts) + 1)
+            .returning(*WebhookDelivery.__table__.columns)  # type: ignore[attr-defined]
+        )
+        row = (await connection.execute(statement)).mappings().first()
+        return WebhookDelivery.model_validate(dict(row)) if row is not None else None
+
+    async def settle(
+        self,
+        delivery_id: str,
+        *,
+        delivered_at: datetime | None = None,
+        next_attempt_at: datetime | None = None,
+        failed_at: datetime | None = None,
+        last_error: str | None = None,
+    ) -> None:
+        values: dict[str, Any] = {"last_error": last_error}
+        if delivered_at is not None:
+            values["delivered_at"] = delivered_at
+        if next_attempt_at is not None:
+            values["next_attempt_at"] = next_attempt_at
+        if failed_at is not None:
+            values["failed_at"] = failed_at
+        connection = await self.session.connection()
+        await connection.execute(
+            sa.update(WebhookDelivery)
+            .where(col(WebhookDelivery.id) == delivery_id)
+            .values(**values)
+        )
+
+
+class Leadership:
+    """Postgres advisory locks: one replica at a time runs a periodic job."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.connection = connection
+
+    async def try_acquire(self, key: int) -> bool:
+        if self.connection.dialect.name != "postgresql":
+            return True  # SQLite serves one process
+        acquired = await self.connection.scalar(sa.select(sa.func.pg_try_advisory_lock(key)))
+        return bool(acquired)
+
+    async def release(self, key: int) -> None:
+        if self.connection.dialect.name == "postgresql":
+            await self.connection.execute(sa.select(sa.func.pg_advisory_unlock(key)))

@@ -14,16 +14,22 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
+
+
+TransientKind = Literal["timeout", "connection_error", "server_error", "rate_limited", "malformed"]
 
 
 class TransientError(Exception):
     """A failure worth retrying: timeout, connection error, 5xx, 429, rate-limit 403."""
 
-    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, *, kind: TransientKind, retry_after: float | None = None
+    ) -> None:
         self.reason = reason
+        self.kind = kind
         self.retry_after = retry_after
         super().__init__(reason)
 

@@ -119,6 +119,17 @@ class Settings(BaseSettings):
     # Callers
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
 
+    # Operations
+    metrics_enabled: bool = True
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=600)
+    keepalive_enabled: bool | None = None
+    keepalive_after_days: int = Field(default=30, ge=1, le=180)
+    keepalive_interval_seconds: int = Field(default=3600, ge=10, le=86_400)
+    keepalive_batch: int = Field(default=500, ge=1, le=100_000)
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_max_attempts: int = Field(default=10, ge=1, le=50)
+
     # Storage
     db_pool_size: int = Field(default=10, ge=1, le=500)
     db_max_overflow: int = Field(default=10, ge=0, le=500)
@@ -165,6 +176,22 @@ class Settings(BaseSettings):
             raise ValueError("expected the absolute http(s) callback URL registered with Google")
         return value
 
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None and not _is_http_url(value):
+            raise ValueError("expected an absolute http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_needs_a_secret(self) -> Settings:
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise ValueError(
+                f"{env_name('webhook_secret')}: required when {env_name('webhook_url')} is set "
+                "(notifications are signed with it)"
+            )
+        return self
+
     @field_validator("return_to_allowlist")
     @classmethod
     def _allowlist_entries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -202,6 +229,13 @@ class Settings(BaseSettings):
     @property
     def is_development(self) -> bool:
         return self.environment == "development"
+
+    @property
+    def keepalive_active(self) -> bool:
+        """Keep-alive refresh runs unless switched off; off by default in development."""
+        if self.keepalive_enabled is not None:
+            return self.keepalive_enabled
+        return not self.is_development
 
     @property
     def is_postgres(self) -> bool:

@@ -46,10 +46,12 @@ from service.errors import (
 from service.events import CHANNEL, ChangeFeed, payload
 from service.google.oauth import OAuthClient, OAuthError, TokenGrant
 from service.google.transport import UpstreamProtocolError
+from service.metrics import Metrics
 from service.models import Account, AccountStatus, utcnow
 from service.repositories import AccountRepository, AuditRepository, ChangeNotices
 from service.retry import Backoff, RetriesExhausted, TransientError, retrying
 from service.settings import Settings
+from service.webhooks import Webhooks
 
 log = logging.getLogger("token_broker.tokens")
 
@@ -139,6 +141,20 @@ class _DeadGrant:
     email: str | None
 
 
+@dataclass(frozen=True)
+class RefreshRequest:
+    """One refresh: a token minted at or after `started` always satisfies it."""
+
+    account_id: str
+    started: float
+    min_ttl: int
+    force_refresh: bool
+    trigger: str = "request"
+
+
+Outcome = tuple[CachedToken, Source] | _DeadGrant
+
+
 class TokenService:
     def __init__(
         self,
@@ -150,6 +166,8 @@ class TokenService:
         settings: Settings,
         audit: AuditBuffer,
         changes: ChangeFeed,
+        metrics: Metrics,
+        webhooks: Webhooks,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -159,7 +177,8 @@ class TokenService:
         self.connect = connect
         self.settings = settings
         self.audit = audit
-        self.changes = changes
+        self.metrics = metrics
+        self.webhooks = webhooks
         self.clock = clock
         self.sleep = sleep
         self.cache = TokenCache(settings.token_cache_size)
@@ -173,7 +192,6 @@ class TokenService:
         self._flights: dict[str, asyncio.Task[tuple[CachedToken, Source]]] = {}
         self._cooldown_until: dict[str, float] = {}
         self._revoked: dict[str, str | None] = {}  # account id -> email, for the reauth URL
-        self.on_outcome: Callable[[str], None] | None = None
         changes.subscribe(self._on_change)
 
     # ------------------------------------------------------------------ public
@@ -189,12 +207,12 @@ class TokenService:
             try:
                 issued = await self._slow_path(reference, cached, started, min_ttl, force_refresh)
             except ReauthorizationRequired:
-                self._count("reauthorization_required")
+                self.metrics.token_requests.labels("reauthorization_required").inc()
                 raise
             except UpstreamUnavailable:
-                self._count("unavailable")
+                self.metrics.token_requests.labels("unavailable").inc()
                 raise
-        self._count(issued.source.value)
+        self.metrics.token_requests.labels(issued.source.value).inc()
         self.audit.record(
             Action.TOKEN_ISSUED,
             "ok",
@@ -204,9 +222,12 @@ class TokenService:
         )
         return issued
 
-    def _count(self, outcome: str) -> None:
-        if self.on_outcome is not None:
-            self.on_outcome(outcome)
+    async def keep_alive(self, account_id: str, unused_since: float) -> Source:
+        """Refresh an account unless its refresh token was used after `unused_since`."""
+        request = RefreshRequest(account_id, unused_since, 0, True, trigger="keepalive")
+        flight, _ = self._shared_refresh(request)
+        _, source = await flight
+        return source
 
     def forget(self, account_id: str | None) -> None:
         self.cache.drop(account_id)
@@ -246,25 +267,32 @@ class TokenService:
                         return IssuedToken(stored, Source.DATABASE)
         if account_id in self._revoked:
             raise await self._reauthorization(self._revoked[account_id])
-        flight = self._flights.get(account_id)
-        joined = flight is not None
-        if flight is None:
-            remaining = self._cooldown_until.get(account_id, 0) - time.monotonic()
-            if remaining > 0:
-                raise UpstreamUnavailable(
-                    "A refresh for this account failed moments ago; retry shortly.",
-                    retry_after=max(1, math.ceil(remaining)),
-                )
-            # The refresh is its own task: a caller that disconnects does not cancel it
-            # (nor the transaction it holds) for everyone else waiting on it.
-            flight = asyncio.create_task(
-                self._refresh(account_id, started, min_ttl, force_refresh),
-                name=f"refresh-{account_id}",
-            )
-            self._flights[account_id] = flight
-            flight.add_done_callback(lambda done: self._landed(account_id, done))
-        token, source = await asyncio.shield(flight)
+        flight, joined = self._shared_refresh(
+            RefreshRequest(account_id, started, min_ttl, force_refresh)
+        )
+        token, source = await flight
         return IssuedToken(token, Source.WAITED if joined else source)
+
+    def _shared_refresh(
+        self, request: RefreshRequest
+    ) -> tuple[Awaitable[tuple[CachedToken, Source]], bool]:
+        """The account's refresh in flight, joined, or a new one; and whether it was joined."""
+        account_id = request.account_id
+        flight = self._flights.get(account_id)
+        if flight is not None:
+            return asyncio.shield(flight), True
+        remaining = self._cooldown_until.get(account_id, 0) - time.monotonic()
+        if remaining > 0:
+            raise UpstreamUnavailable(
+                "A refresh for this account failed moments ago; retry shortly.",
+                retry_after=max(1, math.ceil(remaining)),
+            )
+        # The refresh is its own task: a caller that disconnects does not cancel it (nor
+        # the transaction it holds) for everyone else waiting on it.
+        flight = asyncio.create_task(self._refresh(request), name=f"refresh-{account_id}")
+        self._flights[account_id] = flight
+        flight.add_done_callback(lambda done: self._landed(account_id, done))
+        return asyncio.shield(flight), False
 
     def _landed(self, account_id: str, flight: asyncio.Task[tuple[CachedToken, Source]]) -> None:
         if self._flights.get(account_id) is flight:
@@ -308,69 +336,72 @@ class TokenService:
 
     # ------------------------------------------------------------------ refresh
 
-    async def _refresh(
-        self, account_id: str, started: float, min_ttl: int, force_refresh: bool
-    ) -> tuple[CachedToken, Source]:
+    async def _refresh(self, request: RefreshRequest) -> tuple[CachedToken, Source]:
+        refreshes = self.metrics.refreshes
         try:
             if self.database.is_postgres:
-                outcome = await self._refresh_under_row_lock(
-                    account_id, started, min_ttl, force_refresh
-                )
+                outcome = await self._refresh_under_row_lock(request)
             else:
-                outcome = await self._refresh_in_process(
-                    account_id, started, min_ttl, force_refresh
-                )
+                outcome = await self._refresh_in_process(request)
         except RetriesExhausted as error:
+            refreshes.labels("transient", request.trigger).inc()
             cooldown = self.settings.refresh_cooldown_seconds
-            self._cooldown_until[account_id] = time.monotonic() + cooldown
+            self._cooldown_until[request.account_id] = time.monotonic() + cooldown
             self.audit.record(
-                Action.REFRESH, "unavailable", account_id=account_id,
-                detail={"class": "transient", "attempts": error.attempts},
+                Action.REFRESH, "unavailable", account_id=request.account_id,
+                detail={"class": "transient", "attempts": error.attempts,
+                        "trigger": request.trigger},
             )  # fmt: skip
             log.warning(
                 "refresh failed after %d attempts (%s)",
-                error.attempts, error.last.reason, extra={"account_id": account_id},
+                error.attempts, error.last.reason, extra={"account_id": request.account_id},
             )  # fmt: skip
             raise UpstreamUnavailable(
                 "The provider's token endpoint did not answer in time.",
                 retry_after=max(error.retry_after, math.ceil(cooldown)),
             ) from None
+        except ProviderRejectedClient:
+            refreshes.labels("rejected_client", request.trigger).inc()
+            raise
+        except ReauthorizationRequired:
+            refreshes.labels("session_policy", request.trigger).inc()
+            raise
         if isinstance(outcome, _DeadGrant):
-            self.cache.drop(account_id)
-            self._revoked[account_id] = outcome.email
+            refreshes.labels("permanent", request.trigger).inc()
+            self.webhooks.wake()
+            self.cache.drop(request.account_id)
+            self._revoked[request.account_id] = outcome.email
             raise await self._reauthorization(outcome.email)
+        if outcome[1] is Source.REFRESHED:
+            refreshes.labels("ok", request.trigger).inc()
         return outcome
 
-    async def _refresh_under_row_lock(
-        self, account_id: str, started: float, min_ttl: int, force_refresh: bool
-    ) -> tuple[CachedToken, Source] | _DeadGrant:
+    async def _refresh_under_row_lock(self, request: RefreshRequest) -> Outcome:
         async with self.database.transaction() as session:
             timeout_ms = int(self.settings.lock_timeout_seconds * 1000)
             await session.execute(sa.text(f"SET LOCAL lock_timeout = {timeout_ms}"))
-            account = await AccountRepository(session).get(account_id, for_update=True)
+            account = await AccountRepository(session).get(request.account_id, for_update=True)
             if account is None:
                 raise AccountNotFound()
-            ready = self._already_done(account, started, min_ttl, force_refresh)
+            ready = self._already_done(account, request)
             if ready is not None:
                 return ready
             result = await self._call_token_endpoint(account)
-            return await self._record(session, account, result)
+            return await self._record(session, account, result, request.trigger)
 
-    async def _refresh_in_process(
-        self, account_id: str, started: float, min_ttl: int, force_refresh: bool
-    ) -> tuple[CachedToken, Source] | _DeadGrant:
+    async def _refresh_in_process(self, request: RefreshRequest) -> Outcome:
         # SQLite: one process, and the single flight already serialises this account.
         # Holding a SQLite transaction across the upstream call would block other writers.
-        account = await self._load_by_id(account_id)
-        ready = self._already_done(account, started, min_ttl, force_refresh)
+        account = await self._load_by_id(request.account_id)
+        ready = self._already_done(account, request)
         if ready is not None:
             return ready
         result = await self._call_token_endpoint(account)
         async with self.database.transaction() as session:
-            current = await AccountRepository(session).get(account_id)
+            current = await AccountRepository(session).get(request.account_id)
             if current is None:
                 raise AccountNotFound()
-            return await self._record(session, current, result)
+            return await self._record(session, current, result, request.trigger)
 
     async def _load_by_id(self, account_id: str) -> Account:
         async with self.database.transaction() as session:
@@ -379,13 +410,13 @@ class TokenService:
             raise AccountNotFound()
         return account
 
-    def _already_done(
-        self, account: Account, started: float, min_ttl: int, force_refresh: bool
-    ) -> tuple[CachedToken, Source] | _DeadGrant | None:
+    def _already_done(self, account: Account, request: RefreshRequest) -> Outcome | None:
         if account.status == AccountStatus.REVOKED:
             return _DeadGrant(account.last_refresh_error or "revoked", account.email)
         stored = self._from_row(account)
-        if stored is not None and self._good_enough(stored, started, min_ttl, force_refresh):
+        if stored is not None and self._good_enough(
+            stored, request.started, request.min_ttl, request.force_refresh
+        ):
             return stored, Source.REFRESHED_ELSEWHERE
         return None
 
@@ -401,7 +432,7 @@ class TokenService:
                 return await self.oauth.refresh(refresh_token)
             except UpstreamProtocolError as error:
                 # A garbled answer may be a passing proxy fault: retry within budget.
-                raise TransientError(str(error)) from None
+                raise TransientError(str(error), kind="malformed") from None
 
         try:
             return await retrying(attempt, self.backoff, sleep=self.sleep)
@@ -417,8 +448,12 @@ class TokenService:
             ) from None
 
     async def _record(
-        self, session: AsyncSession, account: Account, result: TokenGrant | OAuthError
-    ) -> tuple[CachedToken, Source] | _DeadGrant:
+        self,
+        session: AsyncSession,
+        account: Account,
+        result: TokenGrant | OAuthError,
+        trigger: str,
+    ) -> Outcome:
         accounts = AccountRepository(session)
         now = utcnow()
         if isinstance(result, OAuthError):
@@ -431,9 +466,11 @@ class TokenService:
             await accounts.save(account)
             await AuditRepository(session).add_many([
                 audit_event(Action.REFRESH, "failed", account_id=account.id,
-                            detail={"class": "permanent", "error": result.error}),
+                            detail={"class": "permanent", "error": result.error,
+                                    "trigger": trigger}),
                 audit_event(Action.ACCOUNT_REVOKED, result.error, account_id=account.id),
             ])  # fmt: skip
+            await self.webhooks.account_changed(session, "account.revoked", account, result.error)
             await ChangeNotices(session).send(CHANNEL, payload("account", account.id))
             return _DeadGrant(result.error, account.email)
         account.access_token = self.keyring.seal(
@@ -452,7 +489,8 @@ class TokenService:
         await accounts.save(account)
         await AuditRepository(session).add_many([
             audit_event(Action.REFRESH, "ok", account_id=account.id,
-                        detail={"rotated_refresh_token": result.refresh_token is not None}),
+                        detail={"rotated_refresh_token": result.refresh_token is not None,
+                                "trigger": trigger}),
         ])  # fmt: skip
         token = CachedToken(
             account_id=account.id,

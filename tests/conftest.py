@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -65,7 +66,22 @@ def register_secret(value: str) -> str:
 # --------------------------------------------------------------------------- logging
 
 
+_LOOPBACK = {"127.0.0.1", "localhost", "::1", "broker.test", None}
+
+
+def _loopback_only(getaddrinfo: Any) -> Any:
+    def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name not in _LOOPBACK and not str(name).startswith("127."):
+            raise OSError(f"test tried to reach {name!r}; tests talk only to 127.0.0.1")
+        return getaddrinfo(host, *args, **kwargs)
+
+    return guarded
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    # Tests talk only to loopback: a lookup of any other name fails the test at once.
+    socket.getaddrinfo = _loopback_only(socket.getaddrinfo)
     # The suite configures the broker explicitly; a developer's own settings must not leak in.
     for name in list(os.environ):
         if name.startswith("TOKEN_BROKER_") and not name.startswith("TOKEN_BROKER_TEST_"):
@@ -394,4 +410,11 @@ def cli_env(database_url: str) -> dict[str, str]:
         "TOKEN_BROKER_GOOGLE_CLIENT_ID": TEST_CLIENT_ID,
         "TOKEN_BROKER_GOOGLE_CLIENT_SECRET": "GOCSPX-test-client-secret-0123456789",
         "TOKEN_BROKER_REDIRECT_URI": "https://broker.example/v1/oauth/callback",
+        # Provider endpoints on loopback where nothing listens: nothing leaves the machine.
+        "TOKEN_BROKER_ISSUER": UPSTREAM,
+        **{
+            f"TOKEN_BROKER_{name}": f"{UPSTREAM}/{name.lower()}"
+            for name in ("AUTH_URI", "TOKEN_URI", "USERINFO_URI", "REVOKE_URI", "JWKS_URI")
+        },
+        "TOKEN_BROKER_GMAIL_API_BASE": UPSTREAM,
     }

@@ -23,13 +23,22 @@ def free_port() -> int:
 
 
 class BrokerProcess:
-    def __init__(self, env: dict[str, str], *, name: str) -> None:
+    def __init__(self, env: dict[str, str], *, name: str, workers: int = 1) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = ARTIFACTS / f"{name}-{uuid.uuid4().hex[:6]}.log"
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "serve",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+            ],
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -219,3 +219,24 @@ async def test_revoked_api_key_stops_at_every_replica_promptly(fleet: Fleet) -> 
         return statuses == [401, 401]
 
     await eventually(refused_everywhere, within=2)
+
+
+async def test_metrics_add_up_across_workers(fleet: Fleet) -> None:
+    replica = BrokerProcess(fleet.env(), name="workers", workers=2)
+    fleet.replicas.append(replica)
+    await replica.ready()
+    close = {"Connection": "close"}  # new connections, so both workers take some
+    for _ in range(60):
+        assert (await fleet.http.get(f"{replica.url}/healthz", headers=close)).status_code == 200
+
+    async def healthz_count() -> float:
+        scraped = (await fleet.http.get(f"{replica.url}/metrics", headers=close)).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in scraped.splitlines()
+            if line.startswith("token_broker_http_requests_total{") and 'route="/healthz"' in line
+        )
+
+    # Whichever worker answers the scrape, it reports the requests of both.
+    counts = [await healthz_count() for _ in range(6)]
+    assert min(counts) >= 60, counts

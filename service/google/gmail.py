@@ -89,6 +89,7 @@ class GmailClient:
         if response.status_code == 403 and reason in RATE_LIMIT_REASONS:
             raise TransientError(
                 f"gmail: HTTP 403 {reason}",
+                kind="rate_limited",
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
         raise GmailError(response.status_code, reason)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, SecretStr, ValidationError, field_validator
 
 from service.google.transport import Upstream, UpstreamProtocolError, json_object
 from service.models import utcnow
+from service.retry import TransientError
 from service.settings import GOOGLE_ISSUER, Settings
 
 MAX_TOKEN_LIFETIME = 86_400
@@ -224,6 +225,23 @@ class OAuthClient:
         if response.status_code != 200:
             raise UpstreamProtocolError(f"userinfo: HTTP {response.status_code}")
         return json_object(response)
+
+    async def probe(self) -> str:
+        """How the provider answered: its discovery document, or at least its token endpoint.
+
+        Raises TransientError when neither answers.
+        """
+        discovery = self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        if discovery.startswith(("http://", "https://")):
+            try:
+                response = await self.upstream.send("discovery", "GET", discovery)
+                if response.status_code == 200 and "token_endpoint" in json_object(response):
+                    return f"discovery document at {discovery}"
+            except (TransientError, UpstreamProtocolError):
+                pass
+        # An empty token request is refused, but any answer proves the endpoint is there.
+        response = await self.upstream.send("token", "POST", self.settings.token_uri, data={})
+        return f"token endpoint answers (HTTP {response.status_code})"
 
     # ------------------------------------------------------------------ ID token
 

@@ -70,16 +70,19 @@ class Upstream:
             outcome = str(response.status_code)
         except httpx.TimeoutException:
             outcome = "timeout"
-            raise TransientError(f"{endpoint}: timeout") from None
+            raise TransientError(f"{endpoint}: timeout", kind="timeout") from None
         except httpx.TransportError as error:
             outcome = "connection_error"
-            raise TransientError(f"{endpoint}: {type(error).__name__}") from None
+            raise TransientError(
+                f"{endpoint}: {type(error).__name__}", kind="connection_error"
+            ) from None
         finally:
             if self.observer is not None:
                 self.observer(endpoint, outcome, time.perf_counter() - started)
         if response.status_code in TRANSIENT_STATUSES:
             raise TransientError(
                 f"{endpoint}: HTTP {response.status_code}",
+                kind="rate_limited" if response.status_code == 429 else "server_error",
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
         return response

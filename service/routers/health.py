@@ -28,6 +28,8 @@ async def healthz() -> Health:
 )
 async def readyz(state: State) -> Readiness | JSONResponse:
     checks: dict[str, str] = {}
+    if state.drain.draining:
+        checks["shutdown"] = "draining: this instance is shutting down"
     try:
         revision = await state.database.schema_revision()
         checks["database"] = "ok"

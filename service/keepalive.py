@@ -1,0 +1,107 @@
+"""Keep-alive refresh: Google drops refresh tokens unused for six months.
+
+Every `TOKEN_BROKER_KEEPALIVE_INTERVAL_SECONDS` each replica tries to become the
+sweep's leader (a Postgres advisory lock held for the sweep; the lock dies with its
+connection if the replica does). The leader refreshes accounts whose refresh token
+has not been used for `TOKEN_BROKER_KEEPALIVE_AFTER_DAYS`, each under the same row
+lock and single flight as request-time refreshes, so nobody refreshes the same
+account twice. Dead grants are marked revoked (and notified); the sweep is audited
+per account and summarised in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from service.db import Database
+from service.errors import (
+    AccountNotFound,
+    ProviderRejectedClient,
+    ReauthorizationRequired,
+    UpstreamUnavailable,
+)
+from service.models import utcnow
+from service.repositories import AccountRepository, Leadership
+from service.settings import Settings
+from service.tokens import Source, TokenService
+
+log = logging.getLogger("token_broker.keepalive")
+
+LEADER_LOCK = 0x746F6B656E  # "token": the advisory lock key for the sweep
+
+
+@dataclass
+class SweepReport:
+    leader: bool
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+
+class KeepAlive:
+    def __init__(self, database: Database, tokens: TokenService, settings: Settings) -> None:
+        self.database = database
+        self.tokens = tokens
+        self.after = timedelta(days=settings.keepalive_after_days)
+        self.interval = settings.keepalive_interval_seconds
+        self.batch = settings.keepalive_batch
+        self._task: asyncio.Task[None] | None = None
+
+    async def sweep(self) -> SweepReport:
+        async with self.database.engine.connect() as connection:
+            leadership = Leadership(connection)
+            if not await leadership.try_acquire(LEADER_LOCK):
+                return SweepReport(leader=False)
+            try:
+                report = await self._refresh_stale()
+            finally:
+                await leadership.release(LEADER_LOCK)
+                await connection.commit()
+        if report.outcomes:
+            log.info("keep-alive sweep: %s", dict(report.outcomes))
+        return report
+
+    async def _refresh_stale(self) -> SweepReport:
+        report = SweepReport(leader=True)
+        cutoff = utcnow() - self.after
+        async with self.database.transaction() as session:
+            stale = await AccountRepository(session).stale_ids(cutoff, self.batch)
+        for account_id in stale:
+            try:
+                source = await self.tokens.keep_alive(account_id, cutoff.timestamp())
+                outcome = "refreshed" if source is Source.REFRESHED else "already_fresh"
+            except ReauthorizationRequired:
+                outcome = "revoked"
+            except UpstreamUnavailable:
+                outcome = "unavailable"
+            except AccountNotFound:
+                outcome = "deleted"
+            except ProviderRejectedClient:
+                report.outcomes["rejected_client"] += 1
+                log.error("keep-alive stopped: the provider rejects the broker's client")
+                break
+            report.outcomes[outcome] += 1
+        return report
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="keep-alive")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.sweep()
+            except Exception:
+                log.warning(
+                    "keep-alive sweep failed; next one in %ss", self.interval, exc_info=True
+                )
