@@ -4,6 +4,9 @@ State changes (account connected, revoked, deleted) are written in the same
 transaction as the change, so they are never lost. High-volume events (tokens
 issued, listings) go through `AuditBuffer`, which writes them in batches: the hot
 path pays for an append, and a crash loses at most one flush interval of them.
+Tokens issued, the highest-volume event, are counted instead: one row per client,
+account, source (cache hit, refreshed, ...) and flush interval, with the count and
+the first request's id.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class AuditBuffer:
         self.database = database
         self.interval = interval
         self._pending: deque[dict[str, Any]] = deque(maxlen=max_pending)
+        self._counted: dict[tuple[str, str | None, str | None], list[Any]] = {}
         self._task: asyncio.Task[None] | None = None
         self.on_drop = on_drop
 
@@ -88,11 +92,42 @@ class AuditBuffer:
             audit_event(action, outcome, client_id=client_id, account_id=account_id, detail=detail)
         )
 
+    def count(
+        self, action: Action, *, client_id: str | None, account_id: str | None, source: str
+    ) -> None:
+        """One more occurrence of a frequent, identical event (written once per interval)."""
+        key = (action.value + ":" + source, client_id, account_id)
+        seen = self._counted.get(key)
+        if seen is not None:
+            seen[0] += 1
+        elif len(self._counted) < (self._pending.maxlen or 0):
+            self._counted[key] = [1, utcnow(), current_request_id()]
+        elif self.on_drop is not None:
+            self.on_drop()
+
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._counted)
+
+    def _drain_counts(self) -> None:
+        flushed_at = utcnow().isoformat()
+        for (name, client_id, account_id), (count, first_at, request_id) in self._counted.items():
+            action, _, source = name.partition(":")
+            self._pending.append(
+                {
+                    "at": first_at,
+                    "action": action,
+                    "outcome": "ok",
+                    "client_id": client_id,
+                    "account_id": account_id,
+                    "request_id": request_id,
+                    "detail": {"source": source, "count": count, "until": flushed_at},
+                }
+            )
+        self._counted.clear()
 
     async def flush(self) -> int:
+        self._drain_counts()
         if not self._pending:
             return 0
         batch = list(self._pending)

@@ -20,6 +20,7 @@ from service.audit import Action, audit_event
 from service.db import Database
 from service.errors import BadRequest, Forbidden, NotFound, Unauthenticated
 from service.events import CHANNEL, payload
+from service.flights import SingleFlight
 from service.models import ApiClient, utcnow
 from service.repositories import ApiClientRepository, AuditRepository, ChangeNotices
 
@@ -83,22 +84,28 @@ class Authenticator:
         self.ttl = ttl
         self.max_entries = max_entries
         self._cache: dict[str, tuple[float, Caller | None]] = {}
+        self._lookups: SingleFlight[str, Caller | None] = SingleFlight("api-key-lookup")
 
     async def authenticate(self, key: str | None) -> Caller:
         if not key or not _KEY_SHAPE.match(key):
             raise Unauthenticated()
         key_hash = hash_api_key(key)
-        now = time.monotonic()
         cached = self._cache.get(key_hash)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > time.monotonic():
             caller = cached[1]
         else:
-            caller = await self._lookup(key_hash)
-            if len(self._cache) >= self.max_entries:
-                self._cache.clear()
-            self._cache[key_hash] = (now + self.ttl, caller)
+            # One lookup per key at a time: when an entry expires under load, every
+            # request in flight with that key would otherwise query at once.
+            caller = await self._lookups.run(key_hash, lambda: self._lookup_and_cache(key_hash))
         if caller is None:
             raise Unauthenticated()
+        return caller
+
+    async def _lookup_and_cache(self, key_hash: str) -> Caller | None:
+        caller = await self._lookup(key_hash)
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        self._cache[key_hash] = (time.monotonic() + self.ttl, caller)
         return caller
 
     def on_change(self, kind: str, identifier: str | None) -> None:

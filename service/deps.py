@@ -50,7 +50,8 @@ class BrokerState:
     keepalive: KeepAlive
 
 
-def get_state(request: Request) -> BrokerState:
+async def get_state(request: Request) -> BrokerState:
+    # async on purpose: FastAPI runs plain `def` dependencies in a thread pool.
     state: BrokerState = request.app.state.broker
     return state
 

@@ -82,22 +82,39 @@ class Listing:
         return await self._page(None)
 
     async def pages(self, first: MessagePage) -> AsyncIterator[list[dict[str, str]]]:
-        """Yield each page's messages, `first` included, until the end or the limit."""
+        """Yield each page's messages, `first` included, until the end or the limit.
+
+        The next page is requested as soon as its token is known, before this page is
+        handed on: the caller's work on a page overlaps the wait for the next one, and
+        still only one request per listing is ever in flight.
+        """
         page = first
         self.progress.result_size_estimate = page.result_size_estimate
-        while True:
-            messages = page.messages
-            limit = self.query.limit
-            if limit is not None:
-                messages = messages[: max(0, limit - self.progress.count)]
-            self.progress.count += len(messages)
-            yield messages
-            done = limit is not None and self.progress.count >= limit
-            if page.next_page_token is None or done:
-                return
-            if self.service.drain.draining:
-                raise ShuttingDown()
-            page = await self._page(page.next_page_token)
+        limit = self.query.limit
+        upcoming: asyncio.Task[MessagePage] | None = None
+        try:
+            while True:
+                messages = page.messages
+                if limit is not None:
+                    messages = messages[: max(0, limit - self.progress.count)]
+                self.progress.count += len(messages)
+                done = limit is not None and self.progress.count >= limit
+                more = page.next_page_token is not None and not done
+                if more and not self.service.drain.draining:
+                    upcoming = asyncio.ensure_future(self._page(page.next_page_token))
+                yield messages
+                if not more:
+                    return
+                if upcoming is None:
+                    raise ShuttingDown()
+                page = await upcoming
+                upcoming = None
+        finally:
+            if upcoming is not None:
+                # The consumer went away (or failed): stop paging now. Not awaited: this
+                # may run inside the consumer's own cancellation.
+                upcoming.cancel()
+                upcoming.add_done_callback(_retrieve)
 
     def audit(self, outcome: str) -> None:
         self.service.audit.record(
@@ -173,6 +190,11 @@ class Listing:
         return await retrying(
             attempt, self.service.backoff, sleep=self.service.sleep, on_retry=retried
         )
+
+
+def _retrieve(task: asyncio.Task[MessagePage]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class ListingService:

@@ -9,6 +9,7 @@ answers with the sum over workers.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,6 +34,8 @@ def route_template(scope: Scope) -> str:
 
 class Metrics:
     def __init__(self) -> None:
+        self._http_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._token_series: dict[str, Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         self.http_requests = Counter(
@@ -105,10 +108,24 @@ class Metrics:
         )
 
     def observe_http(self, scope: Scope, status: int, elapsed: float) -> None:
-        route = route_template(scope)
-        method = str(scope.get("method", ""))
-        self.http_requests.labels(route, method, str(status)).inc()
-        self.http_duration.labels(route, method).observe(elapsed)
+        # Label lookups cost more than the increments: keep the children per series.
+        key = (route_template(scope), str(scope.get("method", "")), status)
+        children = self._http_series.get(key)
+        if children is None:
+            route, method, _ = key
+            children = (
+                self.http_requests.labels(route, method, str(status)),
+                self.http_duration.labels(route, method),
+            )
+            self._http_series[key] = children
+        children[0].inc()
+        children[1].observe(elapsed)
+
+    def count_token_request(self, outcome: str) -> None:
+        child = self._token_series.get(outcome)
+        if child is None:
+            child = self._token_series[outcome] = self.token_requests.labels(outcome)
+        child.inc()
 
     def observe_upstream(self, endpoint: str, outcome: str, elapsed: float) -> None:
         self.upstream_requests.labels(endpoint, outcome).inc()

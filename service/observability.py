@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
+import secrets
 import sys
 import time
 import traceback
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,17 @@ log = logging.getLogger("token_broker.http")
 
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def _request_id_sequence() -> Iterator[str]:
+    # Unique, not secret: a random per-process prefix and a counter (uuid4 per request
+    # was a measurable share of the hot path).
+    prefix = secrets.token_hex(8)
+    for number in itertools.count(1):
+        yield f"{prefix}{number:016x}"
+
+
+_request_ids = _request_id_sequence()
 
 
 def current_request_id() -> str | None:
@@ -54,6 +66,8 @@ class RedactingFilter(logging.Filter):
     """Masks token-shaped text in every record passing through a handler."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "sanitized", False):
+            return True  # composed by the broker from values it already redacted
         record.msg = redact(record.getMessage())
         record.args = None
         if record.exc_info:
@@ -86,6 +100,7 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, No
     "request_id",
     "taskName",
     "color_message",  # uvicorn's ANSI-coloured copy of the message
+    "sanitized",
 }
 
 
@@ -177,7 +192,7 @@ class RequestContextMiddleware:
             return
         incoming = _header(scope, b"x-request-id")
         request_id = (
-            incoming if incoming and _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+            incoming if incoming and _VALID_REQUEST_ID.match(incoming) else next(_request_ids)
         )
         token = _request_id.set(request_id)
         started = time.perf_counter()
@@ -206,11 +221,14 @@ class RequestContextMiddleware:
             if self.on_response is not None:
                 self.on_response(scope, status, elapsed)
             if self.access_log:
+                # The path is the caller's text (a token pasted into a URL must not
+                # reach the log); the query is left out (the callback's holds a code).
+                path = _SECRET_SHAPES.sub(REDACTED, scope.get("path", ""))
                 log.info(
                     "%s %s %d",
                     scope.get("method"),
-                    scope.get("path"),
+                    path,
                     status,
-                    extra={"duration_ms": round(elapsed * 1000, 2)},
+                    extra={"duration_ms": round(elapsed * 1000, 2), "sanitized": True},
                 )
             _request_id.reset(token)

@@ -139,7 +139,9 @@ class Settings(BaseSettings):
     # Observability
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] | None = None
-    access_log: bool = True
+    # Unset: on in development, off in production. A JSON access line costs about as
+    # much as serving a cached token (README, "Performance"); proxies log requests too.
+    access_log: bool | None = None
 
     @field_validator("scopes", "required_scopes", mode="before")
     @classmethod
@@ -229,6 +231,10 @@ class Settings(BaseSettings):
     @property
     def is_development(self) -> bool:
         return self.environment == "development"
+
+    @property
+    def access_log_active(self) -> bool:
+        return self.is_development if self.access_log is None else self.access_log
 
     @property
     def keepalive_active(self) -> bool:

@@ -9,8 +9,8 @@ from sqlmodel import select
 
 from service.auth import Permission
 from service.models import Account
+from service.sandbox.browser import consent
 from tests.conftest import Broker, Provider, register_secret
-from tests.sandbox_helpers import consent
 
 
 class Live:

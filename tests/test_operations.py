@@ -160,7 +160,7 @@ async def test_sigterm_mid_stream_ends_it_cleanly_and_exits_0(provider: Provider
         provider.state.add_user("alice@example.com", mailbox_size=25_000)
         async with httpx.AsyncClient(timeout=30) as http:
             started = await http.post(f"{broker.url}/v1/authorizations", json={}, headers=headers)
-            from tests.sandbox_helpers import consent
+            from service.sandbox.browser import consent
 
             answer = await consent(http, started.json()["authorization_url"])
             register_secret(answer["code"])

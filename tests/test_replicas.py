@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from service.auth import ClientService, Permission
 from service.db import Database, create_engine
 from service.models import Account, utcnow
+from service.sandbox.browser import consent
 from service.sandbox.state import FaultRule
 from tests.conftest import (
     TEST_CLIENT_ID,
@@ -32,7 +33,6 @@ from tests.conftest import (
     register_secret,
 )
 from tests.processes import BrokerProcess
-from tests.sandbox_helpers import consent
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from service.sandbox import SandboxState, create_sandbox_app
+from service.sandbox.browser import consent
 from service.sandbox.mailbox import compile_query, generate_mailbox
 from tests.conftest import register_secret
-from tests.sandbox_helpers import consent
 from tests.servers import serve
 
 CLIENT_ID = "sandbox-test.apps.googleusercontent.com"

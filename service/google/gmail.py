@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -12,6 +13,7 @@ from service.google.transport import Upstream, UpstreamProtocolError, json_objec
 from service.retry import TransientError
 
 MAX_PAGE_SIZE = 500
+_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 
 
@@ -109,9 +111,15 @@ class GmailClient:
             raise UpstreamProtocolError("gmail: messages is not a list")
         messages = []
         for item in raw:
-            if not isinstance(item, dict) or not isinstance(item.get("id"), str):
-                raise UpstreamProtocolError("gmail: a message without an id")
-            messages.append({"id": item["id"], "threadId": str(item.get("threadId", ""))})
+            message_id = item.get("id") if isinstance(item, dict) else None
+            thread_id = item.get("threadId", "") if isinstance(item, dict) else None
+            # Gmail's ids are short hex strings; holding them to a plain alphabet lets the
+            # broker write them out without escaping (and refuses anything odd).
+            if not (isinstance(message_id, str) and _ID.match(message_id)):
+                raise UpstreamProtocolError("gmail: a message without a valid id")
+            if not (isinstance(thread_id, str) and _ID.match(thread_id)):
+                raise UpstreamProtocolError("gmail: a message without a valid threadId")
+            messages.append({"id": message_id, "threadId": thread_id})
         token = body.get("nextPageToken")
         estimate = body.get("resultSizeEstimate", 0)
         return MessagePage(

@@ -109,6 +109,9 @@ async def list_messages(
     )
 
 
+_MESSAGE_LINE = '{{"id":"{id}","threadId":"{threadId}"}}\n'
+
+
 def _line(value: dict[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":")) + "\n"
 
@@ -119,7 +122,9 @@ async def stream(listing: Listing, first: MessagePage) -> AsyncIterator[str]:
     try:
         async for page in listing.pages(first):
             if page:
-                yield "".join(_line(message) for message in page)
+                # Ids are checked to a plain alphabet when read (service.google.gmail):
+                # no escaping needed, and this is the listing's busiest line.
+                yield "".join(_MESSAGE_LINE.format_map(message) for message in page)
         outcome = "ok"
         yield _line(
             {
