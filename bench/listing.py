@@ -5,9 +5,9 @@ library, its default page size, `list_next` until done) against the same sandbox
 Every Gmail call takes a fixed extra latency in the sandbox (Gmail's own is about
 this order). "Gmail calls took" is the sum of the calls' durations as the broker
 saw them (its upstream latency histogram): the listing's wall time can only
-approach it. A fresh broker process serves each measured listing, so its peak
-memory (VmHWM) is that listing's. The broker runs on core 0; the sandbox and the
-clients on core 1.
+approach it. Each case runs three times on one fresh broker process (the median
+is shown), so its peak memory (VmHWM) is that of listings of that size. The
+broker runs on core 0; the sandbox and the clients on core 1.
 
     .venv/bin/uv run python -m bench.listing [--latency 0.05] [--reference-sizes 1000 25000]
 """
@@ -61,7 +61,9 @@ def gmail_calls(sut: System) -> int:
     return int(sut.control("GET", "/counters").json()["calls"].get(LIST, 0))
 
 
-def broker_listing(sut: System, key: str, email: str, mode: str) -> Measured:
+def broker_listing(sut: System, key: str, email: str, mode: str, repeats: int) -> Measured:
+    """The median of `repeats` listings by one fresh broker process (its peak memory is
+    the peak of listings of that size)."""
     broker = sut.start_broker(f"listing-{mode}-{email}", core=SERVER_CORE)
     headers = {"Authorization": f"Bearer {key}"}
     if mode == "ndjson":
@@ -72,29 +74,40 @@ def broker_listing(sut: System, key: str, email: str, mode: str) -> Measured:
         with httpx.Client(headers=headers, timeout=600) as client:
             # Warm the process (key, token, connections, code paths): a one-message listing.
             client.get(url, params={**params, "limit": 1}).raise_for_status()
-            warm_upstream = upstream_seconds(broker.url)
-            before_calls, before_cpu = gmail_calls(sut), broker.process.cpu_seconds()
-            started = time.perf_counter()
-            count = 0
-            with client.stream("GET", url, params=params) as response:
-                response.raise_for_status()
-                if mode == "json":
-                    count = json.loads(response.read())["count"]
-                else:
-                    for line in response.iter_lines():
-                        if line.startswith('{"id"'):
-                            count += 1
-                        elif '"complete"' not in line:
-                            raise RuntimeError(f"listing failed: {line[:200]}")
-            wall = time.perf_counter() - started
-        calls = gmail_calls(sut) - before_calls
-        cpu = broker.process.cpu_seconds() - before_cpu
-        return Measured(
-            count, calls, wall, upstream_seconds(broker.url) - warm_upstream,
-            cpu / max(1, calls) * 1000, broker.process.peak_rss_mb(),
-        )  # fmt: skip
+            cpu_before, calls_before = broker.process.cpu_seconds(), gmail_calls(sut)
+            runs = [one_listing(sut, broker.url, client, url, params, mode) for _ in range(repeats)]
+            cpu = broker.process.cpu_seconds() - cpu_before
+            calls = gmail_calls(sut) - calls_before
+        median = sorted(runs, key=lambda run: run.wall)[len(runs) // 2]
+        median.cpu_per_page_ms = cpu / max(1, calls) * 1000
+        median.peak_mb = broker.process.peak_rss_mb()
+        return median
     finally:
         broker.stop()
+
+
+def one_listing(
+    sut: System, broker_url: str, client: httpx.Client, url: str, params: dict[str, str],
+    mode: str,
+) -> Measured:  # fmt: skip
+    before_upstream, before_calls = upstream_seconds(broker_url), gmail_calls(sut)
+    started = time.perf_counter()
+    count = 0
+    with client.stream("GET", url, params=params) as response:
+        response.raise_for_status()
+        if mode == "json":
+            count = json.loads(response.read())["count"]
+        else:
+            for line in response.iter_lines():
+                if line.startswith('{"id"'):
+                    count += 1
+                elif '"complete"' not in line:
+                    raise RuntimeError(f"listing failed: {line[:200]}")
+    wall = time.perf_counter() - started
+    return Measured(
+        count, gmail_calls(sut) - before_calls, wall,
+        upstream_seconds(broker_url) - before_upstream, 0.0, 0.0,
+    )  # fmt: skip
 
 
 def reference_listing(sut: System, token: str) -> Measured:
@@ -133,6 +146,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.05, help="added per Gmail call (s)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--reference-sizes", type=int, nargs="*", default=[1_000, 25_000])
+    parser.add_argument("--repeats", type=int, default=3, help="listings per case (median)")
     args = parser.parse_args()
 
     rows, reference_rows = [], []
@@ -158,7 +172,9 @@ def main() -> None:
         results: dict[tuple[int, str], Measured] = {}
         for size in args.sizes:
             for mode in ("json", "ndjson"):
-                measured = broker_listing(sut, key, f"user{size}@example.com", mode)
+                measured = broker_listing(
+                    sut, key, f"user{size}@example.com", mode, repeats=args.repeats
+                )
                 results[size, mode] = measured
                 expected = math.ceil(size / 500)
                 ratio = measured.wall / measured.upstream
@@ -182,7 +198,7 @@ def main() -> None:
             ])  # fmt: skip
 
     print(table(
-        ["messages", "mode", "listed", "Gmail calls (= ceil(n/500))", "wall s",
+        ["messages", "mode", "listed", "Gmail calls (= ceil(n/500))", "wall s (median)",
          "calls x added latency s", "Gmail calls took s", "wall / Gmail time (<= 1.1x)",
          "broker CPU ms/page", "peak RSS MB"],
         rows,

@@ -95,8 +95,9 @@ def main() -> None:
                 for broker in brokers:
                     broker.stop()
     print(table(
-        ["replicas", "callers", "upstream refreshes (= 1)", "slowest caller ms",
-         "one refresh round trip ms", "slowest / round trip", "target: <= 1.5x + 50 ms"],
+        ["replicas", "callers", "upstream refreshes, each storm (= 1)",
+         "slowest caller ms (median of 3)", "one refresh round trip ms",
+         "slowest / round trip", "target: <= 1.5x + 50 ms"],
         rows,
     ))  # fmt: skip
 
@@ -108,15 +109,22 @@ def round_of(
     path: str,
     headers: dict[str, str],
     round_trip: float,
+    repeats: int = 3,
 ) -> list[object]:
-    for broker in brokers:  # warm: the key is known, connections are open
-        httpx.get(broker.url + path, headers=headers).raise_for_status()
-    asyncio.run(expire(sut.database_url))
-    sut.control("DELETE", "/counters")
-    latencies = asyncio.run(storm([b.url for b in brokers], path, headers, callers))
-    refreshes = sut.control("GET", "/counters").json()["calls"].get("token:refresh_token", 0)
-    slowest = max(latencies)
-    ok = refreshes == 1 and slowest <= 1.5 * round_trip + 0.05
+    """The median over `repeats` storms of the slowest caller; refreshes must be 1 each time."""
+    slowest_each, refreshes_each = [], []
+    for _ in range(repeats):
+        for broker in brokers:  # warm: the key is known, connections are open
+            httpx.get(broker.url + path, headers=headers).raise_for_status()
+        asyncio.run(expire(sut.database_url))
+        sut.control("DELETE", "/counters")
+        latencies = asyncio.run(storm([b.url for b in brokers], path, headers, callers))
+        counters = sut.control("GET", "/counters").json()["calls"]
+        refreshes_each.append(counters.get("token:refresh_token", 0))
+        slowest_each.append(max(latencies))
+    slowest = statistics.median(slowest_each)
+    refreshes = max(refreshes_each)
+    ok = set(refreshes_each) == {1} and slowest <= 1.5 * round_trip + 0.05
     return [
         len(brokers), callers, refreshes, f"{slowest * 1000:.0f}", f"{round_trip * 1000:.0f}",
         f"{slowest / round_trip:.2f}x", verdict(ok),
