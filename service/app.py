@@ -42,6 +42,7 @@ from service.observability import (
     configure_logging,
     install_request_id_on_records,
 )
+from service.ratelimit import RateLimiter
 from service.routers import accounts, health, messages, oauth, tokens
 from service.routers import metrics as metrics_router
 from service.settings import ConfigurationError, Settings, env_name, load_settings
@@ -132,7 +133,14 @@ def create_app(settings: Settings) -> FastAPI:
             if database.is_postgres:
                 changes.listen(settings.database_url)
                 stack.push_async_callback(changes.stop)
-            authenticator = Authenticator(database, ttl=settings.api_key_cache_seconds)
+            authenticator = Authenticator(
+                database,
+                ttl=settings.api_key_cache_seconds,
+                per_client=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+                lookups=RateLimiter(
+                    settings.key_lookups_per_second, settings.key_lookups_per_second * 2
+                ),
+            )
             changes.subscribe(authenticator.on_change)
             webhooks = Webhooks(database, http, settings, metrics)
             webhooks.start()
@@ -205,6 +213,7 @@ def create_app(settings: Settings) -> FastAPI:
         # Metrics are Prometheus (service.metrics); FastAPI's own OpenTelemetry hooks
         # would only look for providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        max_body_size=settings.max_body_bytes,
     )
     install_problem_handlers(app)
     # Added first, so it runs inside the request context (ids, access log, metrics).

@@ -8,6 +8,7 @@ the secret itself. A key that high in entropy needs no slow hash.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import secrets
 import time
@@ -18,10 +19,11 @@ from enum import StrEnum
 
 from service.audit import Action, audit_event
 from service.db import Database
-from service.errors import BadRequest, Forbidden, NotFound, Unauthenticated
+from service.errors import BadRequest, Forbidden, NotFound, RateLimited, Unauthenticated
 from service.events import CHANNEL, payload
 from service.flights import SingleFlight
 from service.models import ApiClient, utcnow
+from service.ratelimit import RateLimiter
 from service.repositories import ApiClientRepository, AuditRepository, ChangeNotices
 
 KEY_PREFIX = "tbk_"
@@ -79,10 +81,22 @@ class Authenticator:
     per `ttl`, bounded by `max_entries`.
     """
 
-    def __init__(self, database: Database, *, ttl: float, max_entries: int = 10_000) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        ttl: float,
+        max_entries: int = 10_000,
+        per_client: RateLimiter | None = None,
+        lookups: RateLimiter | None = None,
+    ) -> None:
         self.database = database
         self.ttl = ttl
         self.max_entries = max_entries
+        self.per_client = per_client or RateLimiter(0, 1)
+        # Keys this replica has not seen recently cost a query each: bounded, so a caller
+        # spraying random keys cannot turn into a flood of queries.
+        self.lookups = lookups or RateLimiter(0, 1)
         self._cache: dict[str, tuple[float, Caller | None]] = {}
         self._lookups: SingleFlight[str, Caller | None] = SingleFlight("api-key-lookup")
 
@@ -94,11 +108,21 @@ class Authenticator:
         if cached is not None and cached[0] > time.monotonic():
             caller = cached[1]
         else:
+            if not self._lookups.running(key_hash):
+                wait = self.lookups.take("lookup")
+                if wait is not None:
+                    raise RateLimited(
+                        "Too many unfamiliar API keys at once; retry shortly.",
+                        retry_after=max(1, math.ceil(wait)),
+                    )
             # One lookup per key at a time: when an entry expires under load, every
             # request in flight with that key would otherwise query at once.
             caller = await self._lookups.run(key_hash, lambda: self._lookup_and_cache(key_hash))
         if caller is None:
             raise Unauthenticated()
+        wait = self.per_client.take(caller.client_id)
+        if wait is not None:
+            raise RateLimited(retry_after=max(1, math.ceil(wait)))
         return caller
 
     async def _lookup_and_cache(self, key_hash: str) -> Caller | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
+import sqlalchemy.exc as sa_exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -325,6 +326,29 @@ async def _http_exception(_request: Request, error: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=error.status_code, media_type=PROBLEM_MEDIA_TYPE)
 
 
+def as_broker_error(error: BaseException) -> BrokerError | None:
+    """The documented problem an exception stands for, or None if it is a bug.
+
+    A database that refuses connections, drops them, times out a lock or has no free
+    connection in the pool is an outage to retry after, not an internal error.
+    """
+    if isinstance(error, BrokerError):
+        return error
+    if isinstance(
+        error, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError | OSError
+    ) or (isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated):
+        log.warning("database unavailable: %s", type(error).__name__)
+        return DatabaseUnavailable(retry_after=2)
+    return None
+
+
+async def _infrastructure_error(_request: Request, error: Exception) -> JSONResponse:
+    problem = as_broker_error(error)
+    if problem is None:
+        raise error
+    return problem.response()
+
+
 def unexpected_error_response() -> JSONResponse:
     """The 500 problem for an exception no handler knew: no internals, only the request id."""
     return InternalError().response()
@@ -334,6 +358,13 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BrokerError, _broker_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(sa_exc.SQLAlchemyError, _infrastructure_error)
+    app.add_exception_handler(OSError, _infrastructure_error)
+
+
+def caller_problems() -> tuple[type[BrokerError], ...]:
+    """What any authenticated /v1 route can answer before it does its own work."""
+    return (Unauthenticated, Forbidden, RateLimited, DatabaseUnavailable)
 
 
 def problem_responses(*errors: type[BrokerError]) -> dict[int | str, dict[str, Any]]:

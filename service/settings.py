@@ -118,6 +118,10 @@ class Settings(BaseSettings):
 
     # Callers
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    rate_limit_per_second: float = Field(default=1000.0, ge=0, le=1_000_000)
+    rate_limit_burst: float = Field(default=2000.0, ge=1, le=10_000_000)
+    key_lookups_per_second: float = Field(default=200.0, ge=0, le=100_000)
+    max_body_bytes: int = Field(default=65_536, ge=1024, le=10_485_760)
 
     # Operations
     metrics_enabled: bool = True

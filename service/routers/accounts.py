@@ -9,9 +9,8 @@ from fastapi import APIRouter, Path, Query
 from service.deps import AccountsReader, AccountsWriter, State
 from service.errors import (
     AccountNotFound,
-    Forbidden,
     InvalidCursor,
-    Unauthenticated,
+    caller_problems,
     problem_responses,
 )
 from service.schemas import Account, AccountPage, Deleted
@@ -25,9 +24,10 @@ AccountRef = Annotated[
         max_length=320,
         pattern=r"^[^\s/\\]+$",
         description="The account's provider subject id (Google `sub`) or its email address.",
+        examples=["alice@example.com", "109876543210987654321"],
     ),
 ]
-AUTH_PROBLEMS = (Unauthenticated, Forbidden)
+AUTH_PROBLEMS = caller_problems()
 
 
 @router.get(

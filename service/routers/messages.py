@@ -14,14 +14,14 @@ from service.deps import MessagesReader, State
 from service.errors import (
     AccountNotFound,
     BrokerError,
-    Forbidden,
     InternalError,
     ProviderRejectedClient,
     ReauthorizationRequired,
-    Unauthenticated,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamUnavailable,
+    as_broker_error,
+    caller_problems,
     problem_responses,
 )
 from service.google.gmail import MessagePage
@@ -48,8 +48,7 @@ _NDJSON_DOC = (
     description=_NDJSON_DOC,
     responses={
         **problem_responses(
-            Unauthenticated,
-            Forbidden,
+            *caller_problems(),
             AccountNotFound,
             ReauthorizationRequired,
             UpstreamRateLimited,
@@ -134,14 +133,13 @@ async def stream(listing: Listing, first: MessagePage) -> AsyncIterator[str]:
                 "result_size_estimate": progress.result_size_estimate,
             }
         )
-    except BrokerError as error:
-        outcome = error.code
+    except Exception as error:
+        problem = as_broker_error(error)
+        if problem is None:
+            log.exception("listing failed mid-stream")
+            problem = InternalError()
+        outcome = problem.code
         yield _line({"status": "failed", "count": progress.count, "pages": progress.pages,
-                     "error": error.problem()})  # fmt: skip
-    except Exception:
-        log.exception("listing failed mid-stream")
-        outcome = InternalError.code
-        yield _line({"status": "failed", "count": progress.count, "pages": progress.pages,
-                     "error": InternalError().problem()})  # fmt: skip
+                     "error": problem.problem()})  # fmt: skip
     finally:
         listing.audit(outcome)

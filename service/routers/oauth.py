@@ -12,16 +12,16 @@ from service.connect import CallbackOutcome
 from service.deps import AccountsWriter, State
 from service.errors import (
     CodeExchangeFailed,
-    Forbidden,
     NoRefreshToken,
     NoUserId,
+    PayloadTooLarge,
     ProviderRejectedClient,
     ReturnToNotAllowed,
     ScopeNotAllowed,
     ScopeNotGranted,
-    Unauthenticated,
     UpstreamError,
     UpstreamUnavailable,
+    caller_problems,
     problem_responses,
 )
 from service.schemas import Account, Authorization, AuthorizationRequest, ExchangeRequest
@@ -38,7 +38,9 @@ CALLBACK_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer
     status_code=201,
     response_model=Authorization,
     summary="Start connecting a Google account",
-    responses=problem_responses(Unauthenticated, Forbidden, ReturnToNotAllowed, ScopeNotAllowed),
+    responses=problem_responses(
+        *caller_problems(), ReturnToNotAllowed, ScopeNotAllowed, PayloadTooLarge
+    ),
 )
 async def start_authorization(
     state: State, caller: AccountsWriter, body: AuthorizationRequest | None = None
@@ -60,7 +62,13 @@ async def start_authorization(
     summary="Google redirects the user's browser here (no API key)",
     responses={
         303: {"description": "Back to `return_to` with `account` and `status`, or `error`."},
-        400: {"description": "A small HTML page naming the error, when there is no return_to."},
+        **{
+            status: {
+                "description": "A small HTML page naming the error, when there is no return_to.",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            }
+            for status in (400, 403, 409, 502, 503)
+        },
     },
 )
 async def oauth_callback(request: Request, state: State) -> Response:
@@ -77,8 +85,8 @@ async def oauth_callback(request: Request, state: State) -> Response:
     response_model=Account,
     summary="Exchange a code from a browser-side code client (redirect URI `postmessage`)",
     responses=problem_responses(
-        Unauthenticated,
-        Forbidden,
+        *caller_problems(),
+        PayloadTooLarge,
         CodeExchangeFailed,
         ScopeNotGranted,
         NoRefreshToken,

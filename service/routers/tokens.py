@@ -25,12 +25,11 @@ from service.auth import Permission
 from service.deps import BrokerState, State, TokensReader
 from service.errors import (
     AccountNotFound,
-    BrokerError,
-    Forbidden,
     ProviderRejectedClient,
     ReauthorizationRequired,
-    Unauthenticated,
     UpstreamUnavailable,
+    as_broker_error,
+    caller_problems,
     problem_responses,
 )
 from service.routers.accounts import AccountRef
@@ -79,8 +78,7 @@ _serialised: dict[tuple[str, float], tuple[bytes, bytes]] = {}
         "replicas ask at once. The response is `Cache-Control: no-store`."
     ),
     responses=problem_responses(
-        Unauthenticated,
-        Forbidden,
+        *caller_problems(),
         AccountNotFound,
         ReauthorizationRequired,
         ProviderRejectedClient,
@@ -158,8 +156,11 @@ class TokenFastPath:
             issued = await state.tokens.access_token(
                 reference, min_ttl=min_ttl, force_refresh=force_refresh, client_id=caller.client_id
             )
-        except BrokerError as error:
-            problem = error.response()
+        except Exception as error:
+            mapped = as_broker_error(error)
+            if mapped is None:
+                raise
+            problem = mapped.response()
             return problem.status_code, problem.raw_headers, bytes(problem.body)
         body = token_body(issued.token, state.tokens.clock())
         return 200, [*_OK_HEADERS, (b"content-length", str(len(body)).encode())], body
