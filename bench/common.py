@@ -213,7 +213,7 @@ def system(*, sandbox_core: int | None = LOAD_CORE) -> Iterator[System]:
         port = free_port()
         sandbox = Process(
             "sandbox",
-            [sys.executable, str(ROOT / "bench" / "sandbox_server.py"), "--port", str(port),
+            [sys.executable, "-m", "service.sandbox", "--port", str(port),
              "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET],
             core=sandbox_core,
         )  # fmt: skip

@@ -76,3 +76,53 @@ class BrokerProcess:
     def close(self) -> None:
         self.kill()
         self._log.close()
+
+
+class SandboxProcess:
+    """The sandbox provider as its own process (`python -m service.sandbox`)."""
+
+    def __init__(self, *, client_id: str, client_secret: str, redirect_uri: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = (ARTIFACTS / f"sandbox-{self.port}.log").open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service.sandbox", "--port", str(self.port),
+             "--client-id", client_id, "--client-secret", client_secret,
+             "--redirect-uri", redirect_uri],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).parent,
+        )  # fmt: skip
+
+    async def ready(self, within: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        async with httpx.AsyncClient() as client:
+            while True:
+                try:
+                    discovery = await client.get(f"{self.url}/.well-known/openid-configuration")
+                    if discovery.status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if self.process.poll() is not None or loop.time() > deadline:
+                    raise RuntimeError("sandbox did not start")
+                await asyncio.sleep(0.05)
+
+    def settings(self) -> dict[str, str]:
+        return {
+            "TOKEN_BROKER_ISSUER": self.url,
+            "TOKEN_BROKER_AUTH_URI": f"{self.url}/o/oauth2/v2/auth",
+            "TOKEN_BROKER_TOKEN_URI": f"{self.url}/token",
+            "TOKEN_BROKER_USERINFO_URI": f"{self.url}/v1/userinfo",
+            "TOKEN_BROKER_REVOKE_URI": f"{self.url}/revoke",
+            "TOKEN_BROKER_JWKS_URI": f"{self.url}/oauth2/v3/certs",
+            "TOKEN_BROKER_GMAIL_API_BASE": self.url,
+        }
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+        self._log.close()
