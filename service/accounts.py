@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -34,8 +35,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at, account_id = json.loads(base64.urlsafe_b64decode(padded))
+        uuid.UUID(account_id)
         return datetime.fromisoformat(created_at), str(account_id)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, AttributeError):
         raise InvalidCursor() from None
 
 

@@ -35,6 +35,7 @@ from service.google.gmail import GmailClient
 from service.google.oauth import OAuthClient
 from service.google.transport import Upstream
 from service.keepalive import KeepAlive
+from service.limits import RequestLimits
 from service.listing import ListingService
 from service.metrics import Metrics
 from service.observability import (
@@ -213,11 +214,11 @@ def create_app(settings: Settings) -> FastAPI:
         # Metrics are Prometheus (service.metrics); FastAPI's own OpenTelemetry hooks
         # would only look for providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
-        max_body_size=settings.max_body_bytes,
     )
     install_problem_handlers(app)
-    # Added first, so it runs inside the request context (ids, access log, metrics).
+    # Added first, so they run inside the request context (ids, access log, metrics).
     app.add_middleware(tokens.TokenFastPath)
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(
         RequestContextMiddleware,
         access_log=settings.access_log_active,

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from pydantic import SecretStr
 from sqlalchemy.exc import IntegrityError
@@ -94,13 +94,21 @@ def append_query(url: str, params: dict[str, str]) -> str:
 
 
 def return_to_allowed(return_to: str, allowlist: tuple[str, ...]) -> bool:
-    """Same scheme, host and port as an entry, and a path at or under the entry's path."""
+    """Same scheme, host and port as an entry, and a path at or under the entry's path.
+
+    Refused outright: control characters and backslashes, credentials in the
+    authority, fragments, and dot segments, encoded or not (a browser would resolve
+    `/connected/../elsewhere` out of the allowed path).
+    """
     if any(ord(c) < 0x21 or c == "\\" for c in return_to):
         return False
     target = urlsplit(return_to)
     if target.scheme not in ("http", "https") or not target.hostname or "@" in target.netloc:
         return False
     if target.fragment:
+        return False
+    segments = unquote(target.path).split("/")
+    if "." in segments or ".." in segments or "\\" in unquote(target.path):
         return False
     for entry in allowlist:
         allowed = urlsplit(entry)

@@ -46,7 +46,11 @@ def create_engine(
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa_create_async_engine(
-            url, pool_timeout=pool_timeout, connect_args={"timeout": pool_timeout}
+            url,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=pool_timeout,
+            connect_args={"timeout": pool_timeout},
         )
         sa.event.listen(engine.sync_engine, "connect", _configure_sqlite)
         return engine

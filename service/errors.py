@@ -164,6 +164,20 @@ class PayloadTooLarge(BrokerError):
     default_detail = "The request body exceeds the broker's limit."
 
 
+class UriTooLong(BrokerError):
+    status = 414
+    code = "uri_too_long"
+    title = "URI too long"
+    default_detail = "The query string exceeds the broker's limit."
+
+
+class HeadersTooLarge(BrokerError):
+    status = 431
+    code = "headers_too_large"
+    title = "Request header fields too large"
+    default_detail = "The request headers exceed the broker's limit."
+
+
 class InvalidState(BrokerError):
     status = 400
     code = "invalid_state"
@@ -370,7 +384,9 @@ def caller_problems() -> tuple[type[BrokerError], ...]:
 def problem_responses(*errors: type[BrokerError]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries documenting each problem a route can answer with."""
     by_status: dict[int, list[type[BrokerError]]] = {}
-    documented: tuple[type[BrokerError], ...] = (*errors, ValidationFailed, InternalError)
+    documented: tuple[type[BrokerError], ...] = (
+        *errors, ValidationFailed, PayloadTooLarge, UriTooLong, HeadersTooLarge, InternalError
+    )  # fmt: skip
     for error in documented:
         by_status.setdefault(error.status, []).append(error)
     return {

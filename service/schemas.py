@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from service.models import Account as AccountRow
 from service.models import AccountStatus
+
+# No control characters, spaces or backslashes: identifiers, emails, codes and scopes
+# never contain them, and refusing them here keeps them out of queries, logs and
+# upstream requests.
+TOKEN_TEXT = r"^[^\x00-\x20\x7f\\]+$"
+# Anything printable: search queries may contain spaces, never control characters.
+PRINTABLE_TEXT = r"^[^\x00-\x1f\x7f]*$"
+LABEL_ID = r"^[A-Za-z0-9_-]{1,100}$"
+Scope = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=TOKEN_TEXT)]
 
 
 class Problem(BaseModel):
@@ -79,9 +88,12 @@ class AuthorizationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     login_hint: str | None = Field(
-        default=None, max_length=320, description="Email address to preselect at consent."
+        default=None,
+        max_length=320,
+        pattern=TOKEN_TEXT,
+        description="Email address to preselect at consent.",
     )
-    scopes: list[str] | None = Field(
+    scopes: list[Scope] | None = Field(
         default=None,
         max_length=20,
         description="Scopes to request, from TOKEN_BROKER_SCOPES; default: all of them. "
@@ -104,10 +116,13 @@ class Authorization(BaseModel):
 class ExchangeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    code: str = Field(min_length=1, max_length=2048, description="The authorization code.")
+    code: str = Field(
+        min_length=1, max_length=2048, pattern=TOKEN_TEXT, description="The authorization code."
+    )
     redirect_uri: str | None = Field(
         default=None,
         max_length=2048,
+        pattern=TOKEN_TEXT,
         description="The redirect URI the code was issued for; default "
         "TOKEN_BROKER_EXCHANGE_REDIRECT_URI (`postmessage` for Google's popup code client).",
     )

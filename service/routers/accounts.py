@@ -13,16 +13,19 @@ from service.errors import (
     caller_problems,
     problem_responses,
 )
-from service.schemas import Account, AccountPage, Deleted
+from service.schemas import TOKEN_TEXT, Account, AccountPage, Deleted
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+
+# A subject id or an email: no slash, backslash, space or control character.
+ACCOUNT_REF = r"^[^\x00-\x20\x7f/\\]{1,320}$"
 
 AccountRef = Annotated[
     str,
     Path(
         min_length=1,
         max_length=320,
-        pattern=r"^[^\s/\\]+$",
+        pattern=ACCOUNT_REF,
         description="The account's provider subject id (Google `sub`) or its email address.",
         examples=["alice@example.com", "109876543210987654321"],
     ),
@@ -39,9 +42,9 @@ AUTH_PROBLEMS = caller_problems()
 async def list_accounts(
     state: State,
     _caller: AccountsReader,
-    email: Annotated[str | None, Query(max_length=320)] = None,
+    email: Annotated[str | None, Query(max_length=320, pattern=TOKEN_TEXT)] = None,
     status: Literal["active", "revoked"] | None = None,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[str | None, Query(max_length=512, pattern=r"^[A-Za-z0-9_-]+$")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AccountPage:
     rows, next_cursor = await state.accounts.page(

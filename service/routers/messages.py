@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import StringConstraints
 
 from service.deps import MessagesReader, State
 from service.errors import (
@@ -27,7 +28,7 @@ from service.errors import (
 from service.google.gmail import MessagePage
 from service.listing import Listing, ListingQuery
 from service.routers.accounts import AccountRef
-from service.schemas import MessageList
+from service.schemas import LABEL_ID, PRINTABLE_TEXT, MessageList
 
 log = logging.getLogger("token_broker.listing")
 router = APIRouter(prefix="/v1/accounts", tags=["messages"])
@@ -64,9 +65,12 @@ async def list_messages(
     state: State,
     caller: MessagesReader,
     account: AccountRef,
-    q: Annotated[str | None, Query(max_length=2048, description="Gmail search query.")] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=2048, pattern=PRINTABLE_TEXT, description="Gmail search query."),
+    ] = None,
     label_ids: Annotated[
-        list[str],
+        list[Annotated[str, StringConstraints(pattern=LABEL_ID)]],
         Query(alias="labelIds", max_length=20, description="Label ids; a message must carry all."),
     ] = [],  # noqa: B006  (FastAPI copies defaults per request)
     include_spam_trash: Annotated[bool, Query(alias="includeSpamTrash")] = False,

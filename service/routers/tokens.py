@@ -32,7 +32,7 @@ from service.errors import (
     caller_problems,
     problem_responses,
 )
-from service.routers.accounts import AccountRef
+from service.routers.accounts import ACCOUNT_REF, AccountRef
 from service.schemas import AccessToken
 from service.tokens import CachedToken
 
@@ -113,7 +113,7 @@ class _Route:
 
 
 _TEMPLATE = _Route(ROUTE)
-_PATH = re.compile(r"^/v1/accounts/([^\s/\\]{1,320})/access-token$")
+_PATH = re.compile(r"^/v1/accounts/(" + ACCOUNT_REF[1:-1] + ")/access-token$")
 _OK_HEADERS = [
     (b"content-type", b"application/json"),
     *((name.lower().encode(), value.encode()) for name, value in NO_STORE.items()),
