@@ -311,10 +311,11 @@ async def storm(
     the brokers', not a Python client's queue.
     """
     request = (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         + "\r\n"
     ).encode()
+    # Kept-alive connections, as an internal service's HTTP pool would hold them.
     connections = []
     for index in range(callers):
         host, port = targets[index % len(targets)].removeprefix("http://").split(":")
@@ -327,8 +328,14 @@ async def storm(
         status = await reader.readline()
         if b" 200 " not in status:
             raise RuntimeError(f"storm answer: {status!r}")
-        await reader.read()  # Connection: close: read to the end
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        await reader.readexactly(length)
+        elapsed = time.perf_counter() - started
         writer.close()
-        return time.perf_counter() - started
+        return elapsed
 
     return await asyncio.gather(*(answered(r, w) for r, w in connections))
