@@ -11,14 +11,13 @@ the first request's id.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
+from service.background import Background, every
 from service.db import Database
 from service.models import utcnow
 from service.observability import current_request_id
@@ -74,7 +73,7 @@ class AuditBuffer:
         self.interval = interval
         self._pending: deque[dict[str, Any]] = deque(maxlen=max_pending)
         self._counted: dict[tuple[str, str | None, str | None], list[Any]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._flusher = Background("audit-flush")
         self.on_drop = on_drop
 
     def record(
@@ -144,17 +143,8 @@ class AuditBuffer:
         return len(batch)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="audit-flush")
+        self._flusher.start(every(self.interval, self.flush))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._flusher.stop()
         await self.flush()
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.flush()

@@ -18,6 +18,8 @@ from typing import Any, Literal
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from service.background import Background
+
 log = logging.getLogger("token_broker.events")
 
 CHANNEL = "token_broker_events"
@@ -34,7 +36,7 @@ class ChangeFeed:
 
     def __init__(self) -> None:
         self._subscribers: list[Subscriber] = []
-        self._listener: asyncio.Task[None] | None = None
+        self._listener = Background("change-feed")
         self.connected = asyncio.Event()
 
     def subscribe(self, subscriber: Subscriber) -> None:
@@ -52,14 +54,10 @@ class ChangeFeed:
             self.changed(kind, identifier)  # type: ignore[arg-type]
 
     def listen(self, database_url: str) -> None:
-        self._listener = asyncio.create_task(self._listen(database_url), name="change-feed")
+        self._listener.start(self._listen(database_url))
 
     async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        await self._listener.stop()
 
     async def _listen(self, database_url: str) -> None:
         url = make_url(database_url).set(drivername="postgresql")

@@ -11,13 +11,12 @@ per account and summarised in the log.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from service.background import Background, every
 from service.db import Database
 from service.errors import (
     AccountNotFound,
@@ -48,7 +47,7 @@ class KeepAlive:
         self.after = timedelta(days=settings.keepalive_after_days)
         self.interval = settings.keepalive_interval_seconds
         self.batch = settings.keepalive_batch
-        self._task: asyncio.Task[None] | None = None
+        self._sweeper = Background("keep-alive")
 
     async def sweep(self) -> SweepReport:
         async with self.database.engine.connect() as connection:
@@ -87,21 +86,13 @@ class KeepAlive:
         return report
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="keep-alive")
+        self._sweeper.start(every(self.interval, self._sweep_or_log))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._sweeper.stop()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.sweep()
-            except Exception:
-                log.warning(
-                    "keep-alive sweep failed; next one in %ss", self.interval, exc_info=True
-                )
+    async def _sweep_or_log(self) -> None:
+        try:
+            await self.sweep()
+        except Exception:
+            log.warning("keep-alive sweep failed; next in %ss", self.interval, exc_info=True)

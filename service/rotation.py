@@ -10,13 +10,19 @@ Every replica must already hold the new primary key (first) and the old ones.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.audit import Action, audit_event
 from service.crypto import Keyring, SecretColumn
 from service.db import Database
 from service.models import Account, OAuthState
 from service.repositories import AccountRepository, AuditRepository, OAuthStateRepository
+
+Row = TypeVar("Row")
 
 
 @dataclass
@@ -64,40 +70,53 @@ class KeyRotation:
         return resealed
 
     async def _accounts(self, report: RotationReport) -> None:
-        after = ""
-        while True:
-            async with self.database.transaction() as session:
-                accounts = AccountRepository(session)
-                batch = await accounts.batch_after(after, self.batch_size)
-                for account in batch:
-                    report.examined += 1
-                    refresh = self._reseal(
-                        account.refresh_token, Account.REFRESH_TOKEN, account.id, report
-                    )
-                    access = self._reseal(
-                        account.access_token, Account.ACCESS_TOKEN, account.id, report
-                    )
-                    if (refresh, access) != (account.refresh_token, account.access_token):
-                        account.refresh_token, account.access_token = refresh, access
-                        await accounts.save(account)
-            if len(batch) < self.batch_size:
-                return
-            after = batch[-1].id
+        async def reseal(session: AsyncSession, account: Account) -> None:
+            refresh = self._reseal(account.refresh_token, Account.REFRESH_TOKEN, account.id, report)
+            access = self._reseal(account.access_token, Account.ACCESS_TOKEN, account.id, report)
+            if (refresh, access) != (account.refresh_token, account.access_token):
+                account.refresh_token, account.access_token = refresh, access
+                await AccountRepository(session).save(account)
+
+        await self._in_batches(
+            lambda session, after: AccountRepository(session).batch_after(after, self.batch_size),
+            reseal,
+            lambda account: account.id,
+            report,
+        )
 
     async def _states(self, report: RotationReport) -> None:
+        async def reseal(session: AsyncSession, state: OAuthState) -> None:
+            verifier = self._reseal(
+                state.code_verifier, OAuthState.CODE_VERIFIER, state.state_hash, report
+            )
+            if verifier is not None and verifier != state.code_verifier:
+                state.code_verifier = verifier
+                await OAuthStateRepository(session).save(state)
+
+        await self._in_batches(
+            lambda session, after: OAuthStateRepository(session).batch_after(
+                after, self.batch_size
+            ),
+            reseal,
+            lambda state: state.state_hash,
+            report,
+        )
+
+    async def _in_batches(
+        self,
+        fetch: Callable[[AsyncSession, str], Awaitable[Sequence[Row]]],
+        reseal: Callable[[AsyncSession, Row], Awaitable[None]],
+        key: Callable[[Row], str],
+        report: RotationReport,
+    ) -> None:
+        """Each batch in its own transaction, its rows locked; resumes after the last key."""
         after = ""
         while True:
             async with self.database.transaction() as session:
-                states = OAuthStateRepository(session)
-                batch = await states.batch_after(after, self.batch_size)
-                for state in batch:
+                batch = await fetch(session, after)
+                for row in batch:
                     report.examined += 1
-                    verifier = self._reseal(
-                        state.code_verifier, OAuthState.CODE_VERIFIER, state.state_hash, report
-                    )
-                    if verifier is not None and verifier != state.code_verifier:
-                        state.code_verifier = verifier
-                        await states.save(state)
+                    await reseal(session, row)
             if len(batch) < self.batch_size:
                 return
-            after = batch[-1].state_hash
+            after = key(batch[-1])

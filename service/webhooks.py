@@ -30,6 +30,7 @@ from typing import Any, Literal
 import httpx
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from service.background import Background
 from service.db import Database
 from service.metrics import Metrics
 from service.models import Account, WebhookDelivery, utcnow
@@ -72,7 +73,7 @@ class Webhooks:
         self.max_attempts = settings.webhook_max_attempts
         self.metrics = metrics
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._dispatcher = Background("webhook-dispatcher")
 
     @property
     def enabled(self) -> bool:
@@ -160,14 +161,10 @@ class Webhooks:
 
     def start(self) -> None:
         if self.enabled:
-            self._task = asyncio.create_task(self._run(), name="webhook-dispatcher")
+            self._dispatcher.start(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._dispatcher.stop()
 
     async def _run(self) -> None:
         while True:

@@ -377,17 +377,40 @@ class Provider:
 
 
 @pytest.fixture
+def live_settings() -> dict[str, Any]:
+    """Extra settings for the `live` broker; test modules override this fixture."""
+    return {}
+
+
+@pytest.fixture
 async def live(
     provider: Provider,
     broker_factory: Callable[[Settings], Any],
     settings_factory: Callable[..., Settings],
+    live_settings: dict[str, Any],
 ) -> Any:
     """A broker wired to the running sandbox provider."""
     from tests.flow import Live
 
-    broker = await broker_factory(settings_factory(**provider.settings()))
+    broker = await broker_factory(settings_factory(**provider.settings(), **live_settings))
     async with httpx.AsyncClient() as browser:
         yield Live(provider, broker, browser)
+
+
+@pytest.fixture
+async def connected(broker: Broker, upstream: Any) -> Broker:
+    """`broker` with one account connected through a respx-faked Google (exchange)."""
+    from service.auth import Permission
+    from tests.google_fakes import token_body
+
+    upstream.post("/token").respond(json=token_body())
+    response = await broker.client.post(
+        "/v1/oauth/exchange",
+        json={"code": "4/0Aconnected"},
+        headers=await broker.headers(Permission.ACCOUNTS_WRITE),
+    )
+    assert response.status_code == 200, response.text
+    return broker
 
 
 @pytest.fixture

@@ -6,24 +6,15 @@ import asyncio
 
 import httpx
 import pytest
-import respx
 
-from service.auth import Permission
 from tests.conftest import Broker
-from tests.google_fakes import SUBJECT, token_body
+from tests.google_fakes import SUBJECT
 from tests.servers import serve
 
 
 @pytest.fixture
-async def connected(broker: Broker, upstream: respx.MockRouter) -> dict[str, str]:
-    upstream.post("/token").respond(json=token_body())
-    exchanged = await broker.client.post(
-        "/v1/oauth/exchange",
-        json={"code": "4/0A"},
-        headers=await broker.headers(Permission.ACCOUNTS_WRITE),
-    )
-    assert exchanged.status_code == 200
-    return await broker.headers()
+async def headers(connected: Broker) -> dict[str, str]:
+    return await connected.headers()
 
 
 def refused(response: httpx.Response, *statuses: int) -> dict:
@@ -32,16 +23,16 @@ def refused(response: httpx.Response, *statuses: int) -> dict:
     return dict(response.json())
 
 
-async def test_oversized_body_is_413(broker: Broker, connected: dict[str, str]) -> None:
+async def test_oversized_body_is_413(broker: Broker, headers: dict[str, str]) -> None:
     response = await broker.client.post(
         "/v1/authorizations", content=b'{"login_hint": "' + b"a" * 100_000 + b'"}',
-        headers={**connected, "Content-Type": "application/json"},
+        headers={**headers, "Content-Type": "application/json"},
     )  # fmt: skip
     assert refused(response, 413)["code"] == "payload_too_large"
 
 
 async def test_oversized_headers_and_query_are_refused_by_the_server(broker: Broker) -> None:
-    connected = await broker.headers()  # no respx here: the client talks to a real server
+    headers = await broker.headers()  # no respx here: the client talks to a real server
     async with serve(broker.app, lifespan="off") as url:
         host, port = url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
@@ -52,7 +43,7 @@ async def test_oversized_headers_and_query_are_refused_by_the_server(broker: Bro
         assert status.split()[1] == b"431", status
         async with httpx.AsyncClient() as client:
             long_query = await client.get(
-                f"{url}/v1/accounts", params={"email": "a" * 9_000}, headers=connected
+                f"{url}/v1/accounts", params={"email": "a" * 9_000}, headers=headers
             )
             assert refused(long_query, 414)["code"] == "uri_too_long"
             big_header = await client.get(f"{url}/healthz", headers={"X-Padding": "a" * 20_000})
@@ -82,9 +73,9 @@ async def test_oversized_headers_and_query_are_refused_by_the_server(broker: Bro
     ],
 )
 async def test_hostile_paths_and_queries(
-    broker: Broker, connected: dict[str, str], path: str
+    broker: Broker, headers: dict[str, str], path: str
 ) -> None:
-    response = await broker.client.get(path, headers=connected)
+    response = await broker.client.get(path, headers=headers)
     assert response.status_code < 500, (path, response.text[:300])
     if response.status_code >= 400:
         refused(response, response.status_code)
@@ -105,37 +96,35 @@ async def test_hostile_paths_and_queries(
         b'{"login_hint": "' + b"a" * 400 + b'"}',
     ],
 )
-async def test_hostile_bodies(broker: Broker, connected: dict[str, str], body: bytes) -> None:
+async def test_hostile_bodies(broker: Broker, headers: dict[str, str], body: bytes) -> None:
     response = await broker.client.post(
         "/v1/authorizations",
         content=body,
-        headers={**connected, "Content-Type": "application/json"},
+        headers={**headers, "Content-Type": "application/json"},
     )
     refused(response, 400, 422)
     assert "\x00" not in response.text
 
 
 async def test_exchange_codes_with_control_characters(
-    broker: Broker, connected: dict[str, str]
+    broker: Broker, headers: dict[str, str]
 ) -> None:
     response = await broker.client.post(
-        "/v1/oauth/exchange", json={"code": "4/0A\u0000x"}, headers=connected
+        "/v1/oauth/exchange", json={"code": "4/0A\u0000x"}, headers=headers
     )
     refused(response, 400, 422)
 
 
-async def test_look_alike_email_is_another_account(
-    broker: Broker, connected: dict[str, str]
-) -> None:
+async def test_look_alike_email_is_another_account(broker: Broker, headers: dict[str, str]) -> None:
     assert (
-        await broker.client.get("/v1/accounts/ALICE@Example.COM", headers=connected)
+        await broker.client.get("/v1/accounts/ALICE@Example.COM", headers=headers)
     ).status_code == 200
     for look_alike in (
         "\u0430lice@example.com",
         "alice@examp\u04cfe.com",
         "alice@example.com\u200b",
     ):
-        response = await broker.client.get(f"/v1/accounts/{look_alike}", headers=connected)
+        response = await broker.client.get(f"/v1/accounts/{look_alike}", headers=headers)
         assert response.status_code in (404, 422)
         assert SUBJECT not in response.text
 
@@ -164,9 +153,9 @@ async def test_look_alike_email_is_another_account(
     ],
 )
 async def test_open_redirects_are_refused(
-    broker: Broker, connected: dict[str, str], return_to: str
+    broker: Broker, headers: dict[str, str], return_to: str
 ) -> None:
     response = await broker.client.post(
-        "/v1/authorizations", json={"return_to": return_to}, headers=connected
+        "/v1/authorizations", json={"return_to": return_to}, headers=headers
     )
     assert refused(response, 400, 422)["code"] in ("return_to_not_allowed", "validation_failed")

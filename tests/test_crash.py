@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import uuid
+from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -72,6 +73,19 @@ async def connect(http: httpx.AsyncClient, broker: BrokerProcess, key: str) -> h
     )
 
 
+async def kill_during_token_call(
+    broker: BrokerProcess, provider: Provider, call: Coroutine[Any, Any, httpx.Response]
+) -> None:
+    """Start `call`, wait until the broker is inside its token request, then SIGKILL it."""
+    stall = FaultRule("token", kind="latency", delay=3, times=1)
+    provider.state.faults.append(stall)
+    request = asyncio.create_task(call)
+    await eventually(lambda: stall.seen == 1, within=10)
+    broker.kill()
+    with pytest.raises(httpx.TransportError):
+        await request
+
+
 @pytest.fixture
 async def http() -> Any:
     async with httpx.AsyncClient(timeout=30) as client:
@@ -93,16 +107,11 @@ async def test_killed_during_a_code_exchange(
         started = await http.post(f"{first.url}/v1/authorizations", json={}, headers=headers)
         answer = await consent(http, started.json()["authorization_url"])
         register_secret(answer["code"])
-        stall = FaultRule("token", kind="latency", delay=3, times=1)
-        provider.state.faults.append(stall)
-        callback = asyncio.create_task(
+        await kill_during_token_call(
+            first, provider,
             http.get(f"{first.url}/v1/oauth/callback",
-                     params={"code": answer["code"], "state": answer["state"]})
+                     params={"code": answer["code"], "state": answer["state"]}),
         )  # fmt: skip
-        await eventually(lambda: stall.seen == 1, within=10)
-        first.kill()
-        with pytest.raises(httpx.TransportError):
-            await callback
     finally:
         first.close()
 
@@ -138,16 +147,11 @@ async def test_killed_during_a_refresh(
         await first.ready()
         assert (await connect(http, first, key)).status_code == 200
         (before,) = await accounts(database_url)
-        stall = FaultRule("token", kind="latency", delay=3, times=1)
-        provider.state.faults.append(stall)
-        request = asyncio.create_task(
+        await kill_during_token_call(
+            first, provider,
             http.get(f"{first.url}/v1/accounts/{before.subject}/access-token",
-                     params={"force_refresh": "true"}, headers=headers)
+                     params={"force_refresh": "true"}, headers=headers),
         )  # fmt: skip
-        await eventually(lambda: stall.seen == 1, within=10)
-        first.kill()
-        with pytest.raises(httpx.TransportError):
-            await request
     finally:
         first.close()
 

@@ -11,18 +11,6 @@ from tests.conftest import Broker
 from tests.google_fakes import SUBJECT, token_body
 
 
-@pytest.fixture
-async def connected(broker: Broker, upstream: respx.MockRouter) -> Broker:
-    upstream.post("/token").respond(json=token_body())
-    exchanged = await broker.client.post(
-        "/v1/oauth/exchange",
-        json={"code": "4/0A"},
-        headers=await broker.headers(Permission.ACCOUNTS_WRITE),
-    )
-    assert exchanged.status_code == 200
-    return broker
-
-
 async def get(broker: Broker, account: str = SUBJECT, **kwargs: object) -> httpx.Response:
     return await broker.client.get(f"/v1/accounts/{account}/access-token", **kwargs)  # type: ignore[arg-type]
 

@@ -9,18 +9,15 @@ stored grant. Backoff sleeps are recorded, not slept.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import pytest
 from sqlmodel import select
 
 from service.models import Account
 from service.sandbox.state import FaultRule
-from service.settings import Settings
-from tests.conftest import Provider, register_secret
+from tests.conftest import register_secret
 from tests.flow import Live
 
 ATTEMPTS = 3
@@ -46,33 +43,28 @@ FAULTS: dict[str, tuple[dict[str, Any], str]] = {
 
 
 @pytest.fixture
-async def live(
-    provider: Provider,
-    broker_factory: Callable[[Settings], Any],
-    settings_factory: Callable[..., Settings],
-) -> Any:
-    broker = await broker_factory(
-        settings_factory(
-            **provider.settings(),
-            http_timeout_seconds=0.3,
-            refresh_attempts=ATTEMPTS,
-            refresh_budget_seconds=60,
-            refresh_cooldown_seconds=0,
-            gmail_attempts=ATTEMPTS,
-            gmail_budget_seconds=60,
-        )
-    )
-    waits: list[float] = []
+def live_settings() -> dict[str, Any]:
+    return {
+        "http_timeout_seconds": 0.3,
+        "refresh_attempts": ATTEMPTS,
+        "refresh_budget_seconds": 60,
+        "refresh_cooldown_seconds": 0,
+        "gmail_attempts": ATTEMPTS,
+        "gmail_budget_seconds": 60,
+    }
+
+
+@pytest.fixture
+def waits(live: Live) -> list[float]:
+    """Backoff waits, recorded instead of slept."""
+    recorded: list[float] = []
 
     async def record(seconds: float) -> None:
-        waits.append(seconds)
+        recorded.append(seconds)
 
-    broker.state.tokens.sleep = record
-    broker.state.listing.sleep = record
-    async with httpx.AsyncClient() as browser:
-        live = Live(provider, broker, browser)
-        live.waits = waits  # type: ignore[attr-defined]
-        yield live
+    live.broker.state.tokens.sleep = record
+    live.broker.state.listing.sleep = record
+    return recorded
 
 
 async def connected(live: Live) -> str:
@@ -95,7 +87,7 @@ def inject(live: Live, endpoint: str, fault: str) -> FaultRule:
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
-async def test_refresh(live: Live, fault: str) -> None:
+async def test_refresh(live: Live, waits: list[float], fault: str) -> None:
     subject = await connected(live)
     before = await stored(live)
     rule = inject(live, "token", fault)
@@ -110,13 +102,13 @@ async def test_refresh(live: Live, fault: str) -> None:
     assert int(response.headers["retry-after"]) >= 1
     assert rule.seen == ATTEMPTS
     if fault == "429-retry-after":
-        assert all(wait >= 2 for wait in live.waits)  # type: ignore[attr-defined]
+        assert all(wait >= 2 for wait in waits)
     after = await stored(live)
     assert (after.status, after.refresh_token) == (before.status, before.refresh_token)
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
-async def test_code_exchange(live: Live, fault: str) -> None:
+async def test_code_exchange(live: Live, waits: list[float], fault: str) -> None:
     started = await live.start(return_to="https://app.example/connected")
     answer = await live.consent(started["authorization_url"])
     rule = inject(live, "token", fault)
@@ -131,7 +123,7 @@ async def test_code_exchange(live: Live, fault: str) -> None:
 
 
 @pytest.mark.parametrize("fault", [f for f in FAULTS if f != "no-access-token"])
-async def test_gmail_listing(live: Live, fault: str) -> None:
+async def test_gmail_listing(live: Live, waits: list[float], fault: str) -> None:
     subject = await connected(live)
     before = await stored(live)
     rule = inject(live, "gmail.messages.list", fault)
@@ -148,7 +140,7 @@ async def test_gmail_listing(live: Live, fault: str) -> None:
     assert rule.seen == ATTEMPTS
     if fault == "429-retry-after":
         assert response.headers["retry-after"] == "2"
-        assert all(wait >= 2 for wait in live.waits)  # type: ignore[attr-defined]
+        assert all(wait >= 2 for wait in waits)
     after = await stored(live)
     assert (after.status, after.refresh_token) == (before.status, before.refresh_token)
 
@@ -158,7 +150,7 @@ async def test_gmail_listing(live: Live, fault: str) -> None:
     [(-5, (590, 600)), (0, (590, 600)), (10**12, (86_300, 86_400)), ("soon", None)],
 )
 async def test_absurd_expires_in(
-    live: Live, expires_in: Any, lifetime: tuple[int, int] | None
+    live: Live, waits: list[float], expires_in: Any, lifetime: tuple[int, int] | None
 ) -> None:
     subject = await connected(live)
     before = await stored(live)

@@ -8,21 +8,14 @@ import respx
 
 from service.auth import Permission
 from tests.conftest import Broker
-from tests.google_fakes import SUBJECT, token_body
+from tests.google_fakes import SUBJECT
 
 LIST_PATH = "/gmail/v1/users/me/messages"
 
 
 @pytest.fixture
-async def headers(broker: Broker, upstream: respx.MockRouter) -> dict[str, str]:
-    upstream.post("/token").respond(json=token_body())
-    exchanged = await broker.client.post(
-        "/v1/oauth/exchange",
-        json={"code": "4/0A"},
-        headers=await broker.headers(Permission.ACCOUNTS_WRITE),
-    )
-    assert exchanged.status_code == 200
-    return await broker.headers(Permission.MESSAGES_READ)
+async def headers(connected: Broker) -> dict[str, str]:
+    return await connected.headers(Permission.MESSAGES_READ)
 
 
 def page(ids: list[str], next_token: str | None = None, estimate: int = 0) -> httpx.Response:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -14,8 +13,7 @@ from sqlmodel import select
 from service.models import AuditEvent
 from service.sandbox.mailbox import generate_mailbox
 from service.sandbox.state import FaultRule
-from service.settings import Settings
-from tests.conftest import Provider, eventually
+from tests.conftest import eventually
 from tests.flow import Live
 from tests.servers import serve
 
@@ -23,17 +21,9 @@ LIST = "gmail.messages.list"
 
 
 @pytest.fixture
-async def live(
-    provider: Provider,
-    broker_factory: Callable[[Settings], Any],
-    settings_factory: Callable[..., Settings],
-) -> Any:
-    """A broker on the sandbox with a quick Gmail backoff (Retry-After still honoured)."""
-    broker = await broker_factory(
-        settings_factory(**provider.settings(), gmail_backoff_seconds=0.05, gmail_attempts=4)
-    )
-    async with httpx.AsyncClient() as browser:
-        yield Live(provider, broker, browser)
+def live_settings() -> dict[str, Any]:
+    """A quick Gmail backoff for these tests (Retry-After is still honoured)."""
+    return {"gmail_backoff_seconds": 0.05, "gmail_attempts": 4}
 
 
 async def connect(live: Live, mailbox: int) -> str:
