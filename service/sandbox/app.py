@@ -480,18 +480,8 @@ def oauth_router(state: SandboxState) -> APIRouter:
         if grant is None:
             grant = state.new_grant(code.email, client_id, set(code.scopes))
         grant.scopes = set(code.scopes)
-        access_token, lifetime = state.issue_access_token(grant)
-        body: dict[str, Any] = {
-            "access_token": access_token,
-            "expires_in": lifetime,
-            "scope": " ".join(sorted(grant.scopes)),
-            "token_type": "Bearer",
-        }
-        if code.issue_refresh_token:
-            body["refresh_token"] = state.issue_refresh_token(grant)
-        if "openid" in grant.scopes:
-            body["id_token"] = _id_token(state, request, grant, client_id)
-        return JSONResponse(body, headers=NO_STORE)
+        refresh_token = state.issue_refresh_token(grant) if code.issue_refresh_token else None
+        return _token_answer(request, grant, client_id, refresh_token)
 
     def _refresh(request: Request, client_id: str, form: dict[str, str]) -> Response:
         presented = form.get("refresh_token")
@@ -506,6 +496,16 @@ def oauth_router(state: SandboxState) -> APIRouter:
             return oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
         if grant.client_id != client_id:
             return oauth_error(401, "unauthorized_client", "Unauthorized")
+        refresh_token = None
+        if state.rotate_refresh_tokens:
+            grant.refresh_tokens.discard(presented)
+            grant.rotated_refresh_tokens.add(presented)
+            refresh_token = state.issue_refresh_token(grant)  # saves the rotation too
+        return _token_answer(request, grant, client_id, refresh_token)
+
+    def _token_answer(
+        request: Request, grant: Grant, client_id: str, refresh_token: str | None
+    ) -> Response:
         access_token, lifetime = state.issue_access_token(grant)
         body: dict[str, Any] = {
             "access_token": access_token,
@@ -513,10 +513,8 @@ def oauth_router(state: SandboxState) -> APIRouter:
             "scope": " ".join(sorted(grant.scopes)),
             "token_type": "Bearer",
         }
-        if state.rotate_refresh_tokens:
-            grant.refresh_tokens.discard(presented)
-            grant.rotated_refresh_tokens.add(presented)
-            body["refresh_token"] = state.issue_refresh_token(grant)  # saves the rotation too
+        if refresh_token is not None:
+            body["refresh_token"] = refresh_token
         if "openid" in grant.scopes:
             body["id_token"] = _id_token(state, request, grant, client_id)
         return JSONResponse(body, headers=NO_STORE)
