@@ -345,7 +345,7 @@ class ConnectService:
         except TransientError as error:
             raise UpstreamUnavailable(
                 "The provider's token endpoint did not answer; try the code again shortly.",
-                retry_after=max(1, round(error.retry_after or 1)),
+                retry_after=error.suggested_retry_after(),
             ) from None
         except UpstreamProtocolError as error:
             raise UpstreamError(f"The provider's token endpoint misbehaved: {error}") from None
@@ -362,7 +362,7 @@ class ConnectService:
         except TransientError as error:
             raise UpstreamUnavailable(
                 "The provider did not answer the identity request.",
-                retry_after=max(1, round(error.retry_after or 1)),
+                retry_after=error.suggested_retry_after(),
             ) from None
         except UpstreamProtocolError as error:
             raise UpstreamError(f"The provider's identity answer was unusable: {error}") from None

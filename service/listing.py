@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from service.audit import Action, AuditBuffer
 from service.errors import (
+    BrokerError,
     ReauthorizationRequired,
     ShuttingDown,
     UpstreamError,
@@ -73,13 +74,32 @@ class Listing:
 
     async def first_page(self) -> MessagePage:
         """Fetch the first page: failures here can still be a plain problem response."""
-        issued = await self.service.tokens.access_token(
-            self.reference, min_ttl=TOKEN_MIN_TTL, force_refresh=False, client_id=self.client_id
-        )
-        self._token = issued.token.access_token
-        self._account_id = issued.token.account_id
-        self._email = issued.token.email
-        return await self._page(None)
+        try:
+            issued = await self.service.tokens.access_token(
+                self.reference,
+                min_ttl=TOKEN_MIN_TTL,
+                force_refresh=False,
+                client_id=self.client_id,
+            )
+            self._token = issued.token.access_token
+            self._account_id = issued.token.account_id
+            self._email = issued.token.email
+            return await self._page(None)
+        except BrokerError as error:
+            self.audit(error.code)
+            raise
+
+    async def collect(self, first: MessagePage) -> list[dict[str, str]]:
+        """Every message of the listing in one list (the JSON answer), audited."""
+        messages: list[dict[str, str]] = []
+        try:
+            async for page in self.pages(first):
+                messages.extend(page)
+        except BrokerError as error:
+            self.audit(error.code)
+            raise
+        self.audit("ok")
+        return messages
 
     async def pages(self, first: MessagePage) -> AsyncIterator[list[dict[str, str]]]:
         """Yield each page's messages, `first` included, until the end or the limit.

@@ -33,6 +33,10 @@ class TransientError(Exception):
         self.retry_after = retry_after
         super().__init__(reason)
 
+    def suggested_retry_after(self, default: float = 1.0) -> int:
+        """Whole seconds for a caller's Retry-After: the provider's, else `default`."""
+        return max(1, round(self.retry_after or default))
+
 
 class RetriesExhausted(Exception):
     """Attempts or budget ran out; `retry_after` is when the caller may sensibly try again."""
@@ -79,7 +83,7 @@ async def retrying(
             failures += 1
             delay = policy.wait(failures, error.retry_after, rng)
             if failures >= policy.attempts or clock() + delay > deadline:
-                suggested = max(1, round(error.retry_after or policy.initial))
+                suggested = error.suggested_retry_after(policy.initial)
                 raise RetriesExhausted(error, attempts=failures, retry_after=suggested) from error
             if on_retry is not None:
                 on_retry(error, delay)

@@ -227,6 +227,13 @@ async def test_revoked_before_listing_is_409_even_when_streaming(live: Live) -> 
     assert response.json()["code"] == "reauthorization_required"
 
 
+async def listings_audited(live: Live) -> list[AuditEvent]:
+    await live.broker.state.audit.flush()
+    async with live.broker.state.database.transaction() as session:
+        query = select(AuditEvent).where(AuditEvent.action == "messages_listed")
+        return list((await session.exec(query)).all())
+
+
 async def test_listing_is_audited(live: Live) -> None:
     subject = await connect(live, 700)
     await live.broker.client.get(
@@ -234,16 +241,34 @@ async def test_listing_is_audited(live: Live) -> None:
         params={"includeSpamTrash": "true"},
         headers=await live.headers(),
     )
-    await live.broker.state.audit.flush()
-    async with live.broker.state.database.transaction() as session:
-        events = (
-            await session.exec(select(AuditEvent).where(AuditEvent.action == "messages_listed"))
-        ).all()
-    (event,) = events
+    (event,) = await listings_audited(live)
     assert event.outcome == "ok"
     assert event.detail == {"pages": 2, "count": 700, "retries": 0}
     assert event.client_id is not None
     assert event.account_id is not None
+
+
+@pytest.mark.parametrize("revoked_after_pages", [0, 2])
+async def test_a_failed_listing_is_audited_with_its_problem(
+    live: Live, revoked_after_pages: int
+) -> None:
+    subject = await connect(live, 3000)
+    if revoked_after_pages:
+        live.provider.state.faults.append(
+            FaultRule(LIST, kind="revoke", reason="alice@example.com",
+                      after=revoked_after_pages, times=1)
+        )  # fmt: skip
+    else:
+        live.provider.state.revoke_user("alice@example.com")
+    response = await live.broker.client.get(
+        f"/v1/accounts/{subject}/messages",
+        params={"includeSpamTrash": "true"},
+        headers=await live.headers(),
+    )
+    assert response.status_code == 409
+    (event,) = await listings_audited(live)
+    assert event.outcome == "reauthorization_required"
+    assert event.detail["count"] == 500 * revoked_after_pages
 
 
 async def test_client_disconnect_stops_the_paging(live: Live) -> None:
@@ -261,18 +286,7 @@ async def test_client_disconnect_stops_the_paging(live: Live) -> None:
                 if lines >= 1200:
                     break
 
-        async def audited() -> list[AuditEvent]:
-            await live.broker.state.audit.flush()
-            async with live.broker.state.database.transaction() as session:
-                return list(
-                    (
-                        await session.exec(
-                            select(AuditEvent).where(AuditEvent.action == "messages_listed")
-                        )
-                    ).all()
-                )
-
-        (event,) = await eventually(audited, within=10)
+        (event,) = await eventually(lambda: listings_audited(live), within=10)
     assert event.outcome == "client_disconnected"
     assert event.detail["pages"] < 50
     assert state.calls[LIST] <= event.detail["pages"] + 1

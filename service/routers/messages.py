@@ -14,7 +14,6 @@ from pydantic import StringConstraints
 from service.deps import MessagesReader, State
 from service.errors import (
     AccountNotFound,
-    BrokerError,
     InternalError,
     ProviderRejectedClient,
     ReauthorizationRequired,
@@ -83,23 +82,12 @@ async def list_messages(
         ListingQuery(q=q, label_ids=label_ids, include_spam_trash=include_spam_trash, limit=limit),
         caller.client_id,
     )
-    try:
-        first = await listing.first_page()
-    except BrokerError as error:
-        listing.audit(error.code)
-        raise
+    first = await listing.first_page()
     if NDJSON in request.headers.get("accept", ""):
         return StreamingResponse(
             stream(listing, first), media_type=NDJSON, headers={"Cache-Control": "no-store"}
         )
-    messages: list[dict[str, str]] = []
-    try:
-        async for page in listing.pages(first):
-            messages.extend(page)
-    except BrokerError as error:
-        listing.audit(error.code)
-        raise
-    listing.audit("ok")
+    messages = await listing.collect(first)
     progress = listing.progress
     return JSONResponse(
         {
