@@ -10,10 +10,10 @@ import asyncio
 from sqlalchemy import Connection
 from sqlmodel import SQLModel
 
-import service.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+import token_broker.store.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from alembic import context
-from service.db import create_engine
-from service.settings import load_settings
+from token_broker.settings import load_settings
+from token_broker.store.database import create_engine
 
 target_metadata = SQLModel.metadata
 

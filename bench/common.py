@@ -24,8 +24,8 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.crypto import Keyring
-from service.sandbox.browser import consent
+from google_sandbox.browser import consent
+from token_broker.store.sealing import Keyring
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -126,7 +126,7 @@ def postgres_database() -> Iterator[str]:
     url = ADMIN_URL.rsplit("/", 1)[0] + "/" + name
     try:
         subprocess.run(
-            [sys.executable, "-m", "service", "migrate"],
+            [sys.executable, "-m", "token_broker", "migrate"],
             env={**os.environ, "TOKEN_BROKER_DATABASE_URL": url},
             check=True,
             capture_output=True,
@@ -174,7 +174,7 @@ class System:
         port = free_port()
         process = Process(
             name,
-            [sys.executable, "-m", "service", "serve", "--port", str(port)],
+            [sys.executable, "-m", "token_broker", "serve", "--port", str(port)],
             env=self.broker_env(**extra),
             core=core,
         )
@@ -189,7 +189,7 @@ class System:
 
     def api_key(self, name: str) -> str:
         result = subprocess.run(
-            [sys.executable, "-m", "service", "clients", "create", name,
+            [sys.executable, "-m", "token_broker", "clients", "create", name,
              "--permission", "tokens:read", "--permission", "messages:read",
              "--permission", "accounts:write", "--permission", "accounts:read"],
             env={**os.environ, **self.broker_env()},
@@ -213,7 +213,7 @@ def system(*, sandbox_core: int | None = LOAD_CORE) -> Iterator[System]:
         port = free_port()
         sandbox = Process(
             "sandbox",
-            [sys.executable, "-m", "service.sandbox", "--port", str(port),
+            [sys.executable, "-m", "google_sandbox", "--port", str(port),
              "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET],
             core=sandbox_core,
         )  # fmt: skip

@@ -36,8 +36,9 @@ from bench.common import (
     table,
     verdict,
 )
-from service.events import CHANNEL
-from service.models import Account, utcnow
+from token_broker.kit.clock import utcnow
+from token_broker.store.change_feed import CHANNEL
+from token_broker.store.models import Account
 
 
 async def expire(database_url: str) -> None:

@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from service.observability import JsonFormatter, RedactingFilter, redact
+from token_broker.observability.logs import JsonFormatter, RedactingFilter, redact
 
 
 @pytest.mark.parametrize(

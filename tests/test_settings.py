@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import (
+from token_broker.settings import (
     GMAIL_READONLY_SCOPE,
     GOOGLE_AUTH_URI,
     GOOGLE_TOKEN_URI,

@@ -1,0 +1,98 @@
+"""The sandbox's own control API under `/_sandbox`: faults, counters, settings, users."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from google_sandbox.state import FaultKind, FaultRule, SandboxState
+
+
+class FaultSpec(BaseModel):
+    endpoint: str = Field(
+        description="An endpoint name (token, revoke, userinfo, jwks, authorize, "
+        'gmail.messages.list) or "*".'
+    )
+    kind: FaultKind = "status"
+    status: int = Field(default=503, ge=200, le=599)
+    reason: str | None = Field(
+        default=None, description="Gmail error reason, or the raw body for kind=raw."
+    )
+    retry_after: int | None = Field(default=None, ge=0)
+    delay: float = Field(default=0.0, ge=0)
+    after: int = Field(default=0, ge=0)
+    times: int | None = Field(default=None, ge=1)
+    content_type: str = "text/html"
+
+
+class SandboxSettings(BaseModel):
+    access_token_lifetime: int | None = Field(default=None, ge=1)
+    rotate_refresh_tokens: bool | None = None
+    code_ttl: int | None = Field(default=None, ge=1)
+
+
+class UserSpec(BaseModel):
+    email: str
+    name: str | None = None
+    mailbox_size: int | None = Field(default=None, ge=0, le=1_000_000)
+
+
+def control_router(state: SandboxState) -> APIRouter:
+    router = APIRouter(prefix="/_sandbox", tags=["sandbox control"])
+
+    @router.get("/counters", summary="Calls per endpoint (and per grant type)")
+    async def counters() -> dict[str, dict[str, int]]:
+        return {"calls": dict(state.calls)}
+
+    @router.delete("/counters", status_code=204)
+    async def reset_counters() -> None:
+        state.calls.clear()
+        state.call_log.clear()
+
+    @router.get("/calls", summary="Call log: endpoint, monotonic time, status")
+    async def calls(endpoint: str | None = None) -> list[dict[str, Any]]:
+        return [
+            {"endpoint": c.endpoint, "at": c.at, "status": c.status}
+            for c in state.call_log
+            if endpoint is None or c.endpoint == endpoint
+        ]
+
+    @router.post("/faults", status_code=201, summary="Switch a fault on")
+    async def add_fault(spec: FaultSpec) -> dict[str, int]:
+        state.faults.append(FaultRule(**spec.model_dump()))
+        return {"faults": len(state.faults)}
+
+    @router.delete("/faults", status_code=204, summary="Switch every fault off")
+    async def clear_faults() -> None:
+        state.faults.clear()
+
+    @router.put("/settings", summary="Token lifetime, refresh-token rotation, code lifetime")
+    async def change_settings(spec: SandboxSettings) -> dict[str, Any]:
+        for name, value in spec.model_dump(exclude_none=True).items():
+            setattr(state, name, value)
+        return {
+            "access_token_lifetime": state.access_token_lifetime,
+            "rotate_refresh_tokens": state.rotate_refresh_tokens,
+            "code_ttl": state.code_ttl,
+        }
+
+    @router.post("/users", status_code=201, summary="Create a user or resize their mailbox")
+    async def add_user(spec: UserSpec) -> dict[str, Any]:
+        user = state.add_user(spec.email, name=spec.name, mailbox_size=spec.mailbox_size)
+        return {"email": user.email, "sub": user.sub, "mailbox_size": user.mailbox_size}
+
+    @router.post("/users/{email}/revoke", summary="Revoke every grant of a user")
+    async def revoke_user(email: str) -> dict[str, int]:
+        return {"revoked": state.revoke_user(email)}
+
+    @router.post("/users/{email}/expire-tokens", summary="Expire a user's access tokens now")
+    async def expire(email: str) -> dict[str, int]:
+        return {"expired": state.expire_access_tokens(email)}
+
+    @router.post("/reset", status_code=204, summary="Forget users, grants, faults and counters")
+    async def reset() -> None:
+        state.reset()
+
+    return router

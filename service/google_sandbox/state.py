@@ -1,0 +1,332 @@
+"""The sandbox provider's memory: clients, users, codes, grants, tokens, faults and counters."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from joserfc.jwk import RSAKey
+
+from google_sandbox.mailbox import Message, PageTokens, SearchCache, generate_mailbox
+
+GMAIL_SCOPE_PREFIX = "https://www.googleapis.com/auth/gmail."
+BASIC_SCOPES = frozenset({"openid", "email", "profile"})
+KNOWN_SCOPES = BASIC_SCOPES | {
+    "https://www.googleapis.com/auth/userinfo.email",
+    "https://www.googleapis.com/auth/userinfo.profile",
+    "https://www.googleapis.com/auth/gmail.readonly",
+    "https://www.googleapis.com/auth/gmail.metadata",
+    "https://www.googleapis.com/auth/gmail.modify",
+    "https://mail.google.com/",
+}
+DEFAULT_MAILBOX_SIZE = 1200
+
+
+def _random(prefix: str, length: int = 48) -> str:
+    return prefix + secrets.token_urlsafe(length)[:length]
+
+
+@dataclass
+class SandboxClient:
+    client_id: str
+    client_secret: str
+    redirect_uris: set[str]
+
+
+@dataclass
+class SandboxUser:
+    email: str
+    sub: str
+    name: str
+    mailbox_size: int
+    _mailbox: list[Message] | None = None
+
+    @property
+    def mailbox(self) -> list[Message]:
+        if self._mailbox is None or len(self._mailbox) != self.mailbox_size:
+            self._mailbox = generate_mailbox(self.email, self.mailbox_size)
+        return self._mailbox
+
+
+@dataclass
+class Grant:
+    id: str
+    email: str
+    client_id: str
+    scopes: set[str]
+    refresh_tokens: set[str] = field(default_factory=set)
+    rotated_refresh_tokens: set[str] = field(default_factory=set)
+    revoked: bool = False
+
+
+@dataclass
+class AuthCode:
+    client_id: str
+    redirect_uri: str
+    email: str
+    scopes: set[str]
+    code_challenge: str | None
+    code_challenge_method: str | None
+    issue_refresh_token: bool
+    expires_at: float
+    used: bool = False
+
+
+@dataclass
+class AccessToken:
+    grant_id: str
+    scopes: set[str]
+    expires_at: float
+
+
+FaultKind = Literal["status", "drop", "hang", "latency", "raw", "revoke"]
+
+
+@dataclass
+class FaultRule:
+    """Hits calls of `endpoint` ("*": all): skips `after` calls, then hits `times` (None: all).
+
+    kind: status (an error response as the endpoint sends it), drop (connection closed
+    mid-response), hang or latency (wait `delay`), raw (`reason` as the body, verbatim),
+    revoke (revoke the grants of the user whose email is `reason`, then answer normally).
+    """
+
+    endpoint: str
+    kind: FaultKind = "status"
+    status: int = 503
+    reason: str | None = None
+    retry_after: int | None = None
+    delay: float = 0.0
+    after: int = 0
+    times: int | None = None
+    content_type: str = "text/html"
+    seen: int = 0
+    hits: int = 0
+
+    def observe(self, endpoint: str) -> bool:
+        """Count a call to `endpoint`; True if this rule is due to hit it."""
+        if self.endpoint not in ("*", endpoint):
+            return False
+        self.seen += 1
+        return self.seen > self.after and (self.times is None or self.hits < self.times)
+
+
+@dataclass(frozen=True)
+class Call:
+    endpoint: str
+    at: float
+    status: int
+
+
+class SandboxState:
+    """Everything the sandbox knows. Tests in the same process may read and change it directly."""
+
+    def __init__(
+        self,
+        *,
+        issuer: str | None = None,
+        access_token_lifetime: int = 3599,
+        code_ttl: int = 300,
+        default_mailbox_size: int = DEFAULT_MAILBOX_SIZE,
+    ) -> None:
+        self.issuer = issuer
+        self.access_token_lifetime = access_token_lifetime
+        self.code_ttl = code_ttl
+        self.default_mailbox_size = default_mailbox_size
+        self.rotate_refresh_tokens = False
+        self.clients: dict[str, SandboxClient] = {}
+        self.users: dict[str, SandboxUser] = {}
+        self.codes: dict[str, AuthCode] = {}
+        self.grants: dict[str, Grant] = {}
+        self.access_tokens: dict[str, AccessToken] = {}
+        self.faults: list[FaultRule] = []
+        self.calls: Counter[str] = Counter()
+        self.call_log: deque[Call] = deque(maxlen=100_000)
+        self.signing_key = RSAKey.generate_key(
+            2048, parameters={"kid": _random("sandbox-", 12), "use": "sig", "alg": "RS256"}
+        )
+        self.page_tokens = PageTokens(secrets.token_bytes(32))
+        self.searches = SearchCache()
+        # Called when clients, users or grants change (dev mode saves them to disk).
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    # ------------------------------------------------------------------ setup
+
+    def add_client(
+        self, client_id: str, client_secret: str, redirect_uris: list[str]
+    ) -> SandboxClient:
+        client = SandboxClient(client_id, client_secret, {*redirect_uris, "postmessage"})
+        self.clients[client_id] = client
+        self._changed()
+        return client
+
+    def add_user(
+        self, email: str, *, name: str | None = None, mailbox_size: int | None = None
+    ) -> SandboxUser:
+        email = email.strip().lower()
+        user = self.users.get(email)
+        if user is None:
+            # Google subjects are 21-digit numbers, stable per account.
+            digest = int.from_bytes(hashlib.sha256(email.encode()).digest()[:8], "big")
+            user = SandboxUser(
+                email=email,
+                sub=str(100_000_000_000_000_000_000 + digest % 899_999_999_999_999_999_999),
+                name=name or email.split("@")[0].replace(".", " ").title(),
+                mailbox_size=self.default_mailbox_size if mailbox_size is None else mailbox_size,
+            )
+            self.users[email] = user
+        elif mailbox_size is not None:
+            user.mailbox_size = mailbox_size
+            self.searches.clear()
+        self._changed()
+        return user
+
+    def reset(self) -> None:
+        """Forget users, grants, tokens, faults and counters; keep clients and signing key."""
+        self.access_token_lifetime = 3599
+        self.rotate_refresh_tokens = False
+        for collection in (self.users, self.codes, self.grants, self.access_tokens):
+            collection.clear()
+        self.faults.clear()
+        self.calls.clear()
+        self.call_log.clear()
+        self.searches.clear()
+
+    # ------------------------------------------------------------------ grants and tokens
+
+    def live_grant(self, email: str, client_id: str) -> Grant | None:
+        for grant in self.grants.values():
+            if grant.email == email and grant.client_id == client_id and not grant.revoked:
+                return grant
+        return None
+
+    def new_grant(self, email: str, client_id: str, scopes: set[str]) -> Grant:
+        grant = Grant(id=_random("g", 16), email=email, client_id=client_id, scopes=scopes)
+        self.grants[grant.id] = grant
+        self._changed()
+        return grant
+
+    def issue_code(self, code: AuthCode) -> str:
+        value = _random("4/0A", 60)
+        self.codes[value] = code
+        return value
+
+    def issue_access_token(self, grant: Grant) -> tuple[str, int]:
+        token = _random("ya29.sandbox-", 64)
+        lifetime = self.access_token_lifetime
+        self.access_tokens[token] = AccessToken(grant.id, set(grant.scopes), time.time() + lifetime)
+        return token, lifetime
+
+    def issue_refresh_token(self, grant: Grant) -> str:
+        token = _random("1//sandbox-", 64)
+        grant.refresh_tokens.add(token)
+        self._changed()
+        return token
+
+    def grant_for_refresh_token(self, token: str) -> tuple[Grant | None, bool]:
+        """(grant, replayed): replayed means a rotated-away token was presented again."""
+        for grant in self.grants.values():
+            if token in grant.refresh_tokens:
+                return grant, False
+            if token in grant.rotated_refresh_tokens:
+                return grant, True
+        return None, False
+
+    def valid_access_token(self, token: str) -> AccessToken | None:
+        access = self.access_tokens.get(token)
+        if access is None or access.expires_at <= time.time():
+            return None
+        grant = self.grants.get(access.grant_id)
+        if grant is None or grant.revoked:
+            return None
+        return access
+
+    def revoke_grant(self, grant: Grant) -> None:
+        grant.revoked = True
+        self._changed()
+        for token, access in list(self.access_tokens.items()):
+            if access.grant_id == grant.id:
+                del self.access_tokens[token]
+
+    def revoke_user(self, email: str) -> int:
+        revoked = 0
+        for grant in self.grants.values():
+            if grant.email == email.lower() and not grant.revoked:
+                self.revoke_grant(grant)
+                revoked += 1
+        return revoked
+
+    def expire_access_tokens(self, email: str | None = None) -> int:
+        expired = 0
+        for access in self.access_tokens.values():
+            grant = self.grants.get(access.grant_id)
+            if email is None or (grant is not None and grant.email == email.lower()):
+                access.expires_at = 0
+                expired += 1
+        return expired
+
+    # ------------------------------------------------------------------ faults and counters
+
+    def fault_for(self, endpoint: str) -> FaultRule | None:
+        """The first rule due for this call; every rule for the endpoint counts the call."""
+        chosen = None
+        for rule in self.faults:
+            if rule.observe(endpoint) and chosen is None:
+                chosen = rule
+                rule.hits += 1
+        return chosen
+
+    def record(self, endpoint: str, status: int) -> None:
+        self.calls[endpoint] += 1
+        self.call_log.append(Call(endpoint, time.monotonic(), status))
+
+    def calls_to(self, endpoint: str) -> list[Call]:
+        return [call for call in self.call_log if call.endpoint == endpoint]
+
+    # ------------------------------------------------------------------ persistence (dev mode)
+
+    def snapshot(self) -> dict[str, object]:
+        """Clients, users and grants, so a restarted dev broker's refresh tokens still work."""
+        return {
+            "clients": [
+                {"client_id": c.client_id, "client_secret": c.client_secret,
+                 "redirect_uris": sorted(c.redirect_uris - {"postmessage"})}
+                for c in self.clients.values()
+            ],
+            "users": [
+                {"email": u.email, "name": u.name, "mailbox_size": u.mailbox_size}
+                for u in self.users.values()
+            ],
+            "grants": [
+                {"id": g.id, "email": g.email, "client_id": g.client_id,
+                 "scopes": sorted(g.scopes), "refresh_tokens": sorted(g.refresh_tokens),
+                 "rotated_refresh_tokens": sorted(g.rotated_refresh_tokens),
+                 "revoked": g.revoked}
+                for g in self.grants.values()
+            ],
+        }  # fmt: skip
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        for client in snapshot.get("clients", []):
+            self.add_client(client["client_id"], client["client_secret"], client["redirect_uris"])
+        for user in snapshot.get("users", []):
+            self.add_user(user["email"], name=user["name"], mailbox_size=user["mailbox_size"])
+        for grant in snapshot.get("grants", []):
+            self.grants[grant["id"]] = Grant(
+                id=grant["id"],
+                email=grant["email"],
+                client_id=grant["client_id"],
+                scopes=set(grant["scopes"]),
+                refresh_tokens=set(grant["refresh_tokens"]),
+                rotated_refresh_tokens=set(grant["rotated_refresh_tokens"]),
+                revoked=grant["revoked"],
+            )

@@ -1,6 +1,0 @@
-"""A stand-in for Google's OAuth and Gmail endpoints, for tests, benchmarks and dev mode."""
-
-from service.sandbox.app import create_sandbox_app
-from service.sandbox.state import SandboxState
-
-__all__ = ["SandboxState", "create_sandbox_app"]

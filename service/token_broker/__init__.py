@@ -1,0 +1,1 @@
+"""Token Broker: Google OAuth 2.0 offline access and Gmail listings for internal services."""

@@ -1,0 +1,3 @@
+from token_broker.cli import main
+
+main()

@@ -1,0 +1,283 @@
+"""The catalogue of problems a caller can see: one class per stable `code`.
+
+Every failure a caller can see is a `BrokerError` subclass. Messages are written
+here or by the services; they never carry a token, code, secret or API key, and
+upstream bodies are never echoed. Rendering as RFC 9457 problem+json happens in
+one place, `web/problems.py`: this module knows no web framework.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from token_broker.observability.request_ids import current_request_id
+
+
+def problem_type(code: str) -> str:
+    return f"urn:token-broker:problem:{code}"
+
+
+class BrokerError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal error"
+    default_detail: ClassVar[str] = "The broker failed unexpectedly; the request id identifies it."
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        authorization_url: str | None = None,
+        retry_after: int | None = None,
+        **extensions: Any,
+    ) -> None:
+        self.detail = detail or self.default_detail
+        self.authorization_url = authorization_url
+        self.retry_after = retry_after
+        self.extensions = extensions
+        super().__init__(self.detail)
+
+    def problem(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": problem_type(self.code),
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+        }
+        if self.authorization_url is not None:
+            body["authorization_url"] = self.authorization_url
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
+        body.update(self.extensions)
+        request_id = current_request_id()
+        if request_id is not None:
+            body["request_id"] = request_id
+        return body
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is not None:
+            return {"Retry-After": str(self.retry_after)}
+        return {}
+
+
+class InternalError(BrokerError):
+    pass
+
+
+class ValidationFailed(BrokerError):
+    status = 422
+    code = "validation_failed"
+    title = "Request validation failed"
+    default_detail = "The request does not match the documented schema."
+
+
+class BadRequest(BrokerError):
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+    default_detail = "The request cannot be processed."
+
+
+class InvalidCursor(BrokerError):
+    status = 400
+    code = "invalid_cursor"
+    title = "Invalid cursor"
+    default_detail = "cursor is not one this API returned; start again without it."
+
+
+class ReturnToNotAllowed(BrokerError):
+    status = 400
+    code = "return_to_not_allowed"
+    title = "return_to is not allowed"
+    default_detail = "return_to does not match any entry of TOKEN_BROKER_RETURN_TO_ALLOWLIST."
+
+
+class ScopeNotAllowed(BrokerError):
+    status = 400
+    code = "scope_not_allowed"
+    title = "Scope not allowed"
+    default_detail = "Only scopes configured in TOKEN_BROKER_SCOPES may be requested."
+
+
+class Unauthenticated(BrokerError):
+    status = 401
+    code = "unauthenticated"
+    title = "Unauthenticated"
+    default_detail = "Send a valid API key as `Authorization: Bearer <key>`."
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(BrokerError):
+    status = 403
+    code = "forbidden"
+    title = "Forbidden"
+    default_detail = "This API client lacks the permission this operation needs."
+
+
+class NotFound(BrokerError):
+    status = 404
+    code = "not_found"
+    title = "Not found"
+    default_detail = "No such resource."
+
+
+class AccountNotFound(BrokerError):
+    status = 404
+    code = "account_not_found"
+    title = "Account not found"
+    default_detail = "No connected account has that subject id or email address."
+
+
+class MethodNotAllowed(BrokerError):
+    status = 405
+    code = "method_not_allowed"
+    title = "Method not allowed"
+    default_detail = "This resource does not support that method."
+
+
+class PayloadTooLarge(BrokerError):
+    status = 413
+    code = "payload_too_large"
+    title = "Payload too large"
+    default_detail = "The request body exceeds the broker's limit."
+
+
+class UriTooLong(BrokerError):
+    status = 414
+    code = "uri_too_long"
+    title = "URI too long"
+    default_detail = "The query string exceeds the broker's limit."
+
+
+class HeadersTooLarge(BrokerError):
+    status = 431
+    code = "headers_too_large"
+    title = "Request header fields too large"
+    default_detail = "The request headers exceed the broker's limit."
+
+
+class InvalidState(BrokerError):
+    status = 400
+    code = "invalid_state"
+    title = "Invalid OAuth state"
+    default_detail = "The state is unknown, already used or expired; start the authorization again."
+
+
+class AccessDenied(BrokerError):
+    status = 400
+    code = "access_denied"
+    title = "Access denied"
+    default_detail = "The user did not grant access."
+
+
+class CodeExchangeFailed(BrokerError):
+    status = 400
+    code = "code_exchange_failed"
+    title = "Authorization code exchange failed"
+    default_detail = (
+        "The provider refused the authorization code (bad, used or expired code, wrong "
+        "verifier or redirect URI); send the user to authorization_url."
+    )
+
+
+class NoRefreshToken(BrokerError):
+    status = 409
+    code = "no_refresh_token"
+    title = "No refresh token"
+    default_detail = (
+        "The provider returned no refresh token and none is stored for this account; "
+        "send the user to authorization_url, which forces consent."
+    )
+
+
+class ScopeNotGranted(BrokerError):
+    status = 403
+    code = "scope_not_granted"
+    title = "Required scope not granted"
+    default_detail = "The user did not grant a scope the broker requires."
+
+
+class ReauthorizationRequired(BrokerError):
+    status = 409
+    code = "reauthorization_required"
+    title = "Reauthorization required"
+    default_detail = (
+        "The account's grant was revoked or expired; send the user to authorization_url."
+    )
+
+
+class NoUserId(BrokerError):
+    status = 502
+    code = "no_user_id"
+    title = "No user id"
+    default_detail = "The provider returned no subject id for the account (ID token or userinfo)."
+
+
+class UpstreamError(BrokerError):
+    status = 502
+    code = "upstream_error"
+    title = "Upstream error"
+    default_detail = "The provider answered with an error the broker cannot recover from."
+
+
+class ProviderRejectedClient(BrokerError):
+    status = 502
+    code = "provider_rejected_client"
+    title = "Provider rejected the broker's client credentials"
+    default_detail = (
+        "The provider answered invalid_client: the operator must check "
+        "TOKEN_BROKER_GOOGLE_CLIENT_ID / TOKEN_BROKER_GOOGLE_CLIENT_SECRET."
+    )
+
+
+class UpstreamRateLimited(BrokerError):
+    status = 429
+    code = "upstream_rate_limited"
+    title = "Upstream rate limit"
+    default_detail = "The provider is rate limiting this account; retry after retry_after seconds."
+
+
+class UpstreamUnavailable(BrokerError):
+    status = 503
+    code = "upstream_unavailable"
+    title = "Upstream unavailable"
+    default_detail = "The provider did not answer in time; retry after retry_after seconds."
+
+
+class DatabaseUnavailable(BrokerError):
+    status = 503
+    code = "database_unavailable"
+    title = "Database unavailable"
+    default_detail = "The broker's database is not answering; retry after retry_after seconds."
+
+
+class NotReady(BrokerError):
+    status = 503
+    code = "not_ready"
+    title = "Not ready"
+    default_detail = "A readiness check failed; see checks."
+
+
+class ShuttingDown(BrokerError):
+    status = 503
+    code = "shutting_down"
+    title = "Shutting down"
+    default_detail = "This broker instance is shutting down; retry, another will answer."
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, retry_after=1)
+
+
+class RateLimited(BrokerError):
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests"
+    default_detail = "This API client exceeded its request rate; retry after retry_after seconds."
+
+
+def caller_problems() -> tuple[type[BrokerError], ...]:
+    """What any authenticated /v1 route can answer before it does its own work."""
+    return (Unauthenticated, Forbidden, RateLimited, DatabaseUnavailable)

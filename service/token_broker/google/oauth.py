@@ -1,0 +1,290 @@
+"""Google's OAuth 2.0 / OpenID Connect endpoints: authorize URL, token, revoke, userinfo, ID token.
+
+authlib supplies the protocol pieces (grant URI, PKCE challenge, random tokens),
+joserfc the JOSE validation; transport is the shared httpx client (through
+`Upstream`), so every request is visible to respx in tests. Works with any
+standards-compliant OAuth 2.0 / OIDC server configured through the endpoint settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from authlib.common.security import generate_token
+from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from joserfc import jwt
+from joserfc.errors import InvalidKeyIdError, JoseError
+from joserfc.jwk import KeySet
+from pydantic import BaseModel, SecretStr, ValidationError, field_validator
+
+from token_broker.google.transport import Upstream, UpstreamProtocolError, json_object
+from token_broker.kit.clock import utcnow
+from token_broker.kit.retry import TransientError
+from token_broker.settings import GOOGLE_ISSUER, Settings
+
+MAX_TOKEN_LIFETIME = 86_400
+
+
+class OAuthError(Exception):
+    """The token endpoint answered an OAuth error (RFC 6749 section 5.2)."""
+
+    def __init__(self, error: str, *, status: int, subtype: str | None = None) -> None:
+        self.error = error
+        self.status = status
+        self.subtype = subtype
+        super().__init__(f"token endpoint: HTTP {status} {error}")
+
+    @property
+    def grant_is_dead(self) -> bool:
+        """invalid_grant (unless a session-control policy) or unauthorized_client: permanent."""
+        if self.error == "invalid_grant":
+            return self.subtype not in ("invalid_rapt", "rapt_required")
+        return self.error == "unauthorized_client"
+
+
+class IdTokenInvalid(Exception):
+    """The ID token failed signature or claim validation (reason only, never the token)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    """A successful token endpoint response."""
+
+    access_token: SecretStr
+    token_type: str
+    expires_in: int
+    received_at: datetime
+    scopes: tuple[str, ...] | None
+    refresh_token: SecretStr | None
+    id_token: SecretStr | None
+
+    @property
+    def expires_at(self) -> datetime:
+        return self.received_at + timedelta(seconds=self.expires_in)
+
+
+class _TokenResponse(BaseModel):
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int | None = None
+    scope: str | None = None
+    refresh_token: str | None = None
+    id_token: str | None = None
+
+    @field_validator("access_token")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("empty access_token")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class PkcePair:
+    verifier: str
+    challenge: str
+
+    @classmethod
+    def generate(cls) -> PkcePair:
+        verifier = generate_token(64)
+        return cls(verifier, create_s256_code_challenge(verifier))
+
+
+class OAuthClient:
+    def __init__(self, upstream: Upstream, settings: Settings) -> None:
+        self.upstream = upstream
+        self.settings = settings
+        self.client_id = settings.google_client_id or ""
+        self._client_secret = settings.google_client_secret or SecretStr("")
+        self._jwks: KeySet | None = None
+        self._jwks_fetched_at = 0.0
+        self._jwks_lock = asyncio.Lock()
+        issuers = {settings.issuer}
+        if settings.issuer == GOOGLE_ISSUER:
+            issuers.add("accounts.google.com")
+        self.issuers = sorted(issuers)
+
+    # ------------------------------------------------------------------ authorization
+
+    def authorization_url(
+        self,
+        *,
+        state: str,
+        code_challenge: str,
+        scopes: list[str] | tuple[str, ...],
+        login_hint: str | None,
+        redirect_uri: str,
+    ) -> str:
+        url: str = prepare_grant_uri(
+            self.settings.auth_uri,
+            client_id=self.client_id,
+            response_type="code",
+            redirect_uri=redirect_uri,
+            scope=list(scopes),
+            state=state,
+            access_type="offline",
+            prompt="consent",
+            include_granted_scopes="true",
+            login_hint=login_hint,
+            code_challenge=code_challenge,
+            code_challenge_method="S256",
+        )
+        return url
+
+    # ------------------------------------------------------------------ token endpoint
+
+    async def exchange_code(
+        self, code: SecretStr, *, redirect_uri: str, code_verifier: SecretStr | None
+    ) -> TokenGrant:
+        form = {
+            "grant_type": "authorization_code",
+            "code": code.get_secret_value(),
+            "redirect_uri": redirect_uri,
+        }
+        if code_verifier is not None:
+            form["code_verifier"] = code_verifier.get_secret_value()
+        return await self._token_request(form)
+
+    async def refresh(self, refresh_token: SecretStr) -> TokenGrant:
+        return await self._token_request(
+            {"grant_type": "refresh_token", "refresh_token": refresh_token.get_secret_value()}
+        )
+
+    async def _token_request(self, form: dict[str, str]) -> TokenGrant:
+        headers = {"Accept": "application/json"}
+        secret = self._client_secret.get_secret_value()
+        if self.settings.token_endpoint_auth_method == "client_secret_basic":
+            # RFC 6749 section 2.3.1: form-encode id and secret before Base64.
+            pair = f"{quote(self.client_id, safe='')}:{quote(secret, safe='')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        else:
+            form = {**form, "client_id": self.client_id, "client_secret": secret}
+        received_at = utcnow()
+        response = await self.upstream.send(
+            "token", "POST", self.settings.token_uri, data=form, headers=headers
+        )
+        body = json_object(response)
+        if response.status_code != 200:
+            error = body.get("error")
+            if not isinstance(error, str) or not error:
+                raise UpstreamProtocolError(f"token endpoint: HTTP {response.status_code}")
+            subtype = body.get("error_subtype")
+            raise OAuthError(
+                error,
+                status=response.status_code,
+                subtype=subtype if isinstance(subtype, str) else None,
+            )
+        try:
+            parsed = _TokenResponse.model_validate(body)
+        except ValidationError:
+            raise UpstreamProtocolError(
+                "token endpoint: 200 without a usable access_token"
+            ) from None
+        expires_in = parsed.expires_in
+        if expires_in is None or expires_in <= 0:
+            expires_in = self.settings.default_token_lifetime_seconds
+        return TokenGrant(
+            access_token=SecretStr(parsed.access_token),
+            token_type=parsed.token_type,
+            expires_in=min(expires_in, MAX_TOKEN_LIFETIME),
+            received_at=received_at,
+            scopes=tuple(parsed.scope.split()) if parsed.scope is not None else None,
+            refresh_token=SecretStr(parsed.refresh_token) if parsed.refresh_token else None,
+            id_token=SecretStr(parsed.id_token) if parsed.id_token else None,
+        )
+
+    # ------------------------------------------------------------------ revoke, userinfo
+
+    async def revoke(self, token: SecretStr) -> bool:
+        """True when the provider confirmed the grant is gone (or already was)."""
+        response = await self.upstream.send(
+            "revoke", "POST", self.settings.revoke_uri, data={"token": token.get_secret_value()}
+        )
+        if response.status_code == 200:
+            return True
+        if response.status_code == 400:
+            # invalid_token: already expired or revoked, which is what was asked.
+            body = json_object(response)
+            return body.get("error") == "invalid_token"
+        return False
+
+    async def userinfo(self, access_token: SecretStr) -> dict[str, Any]:
+        response = await self.upstream.send(
+            "userinfo",
+            "GET",
+            self.settings.userinfo_uri,
+            headers={"Authorization": f"Bearer {access_token.get_secret_value()}"},
+        )
+        if response.status_code != 200:
+            raise UpstreamProtocolError(f"userinfo: HTTP {response.status_code}")
+        return json_object(response)
+
+    async def probe(self) -> str:
+        """How the provider answered: its discovery document, or at least its token endpoint.
+
+        Raises TransientError when neither answers.
+        """
+        discovery = self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        if discovery.startswith(("http://", "https://")):
+            try:
+                response = await self.upstream.send("discovery", "GET", discovery)
+                if response.status_code == 200 and "token_endpoint" in json_object(response):
+                    return f"discovery document at {discovery}"
+            except (TransientError, UpstreamProtocolError):
+                pass
+        # An empty token request is refused, but any answer proves the endpoint is there.
+        response = await self.upstream.send("token", "POST", self.settings.token_uri, data={})
+        return f"token endpoint answers (HTTP {response.status_code})"
+
+    # ------------------------------------------------------------------ ID token
+
+    async def verify_id_token(self, id_token: SecretStr) -> dict[str, Any]:
+        """Claims of a valid ID token: RS256 signature by the provider's JWKS, iss, aud, exp."""
+        keys = await self._keyset(refresh=False)
+        try:
+            try:
+                token = jwt.decode(id_token.get_secret_value(), keys, algorithms=["RS256"])
+            except InvalidKeyIdError:
+                # The provider rotated its keys since the cache was filled.
+                keys = await self._keyset(refresh=True)
+                token = jwt.decode(id_token.get_secret_value(), keys, algorithms=["RS256"])
+            leeway = self.settings.id_token_leeway_seconds
+            jwt.JWTClaimsRegistry(
+                leeway=leeway,
+                iss={"essential": True, "values": self.issuers},
+                aud={"essential": True, "value": self.client_id},
+                sub={"essential": True},
+                exp={"essential": True},
+                iat={"essential": True},
+            ).validate(token.claims)
+        except JoseError as error:
+            raise IdTokenInvalid(error.error) from None
+        claims = token.claims
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject or len(subject) > 255:
+            raise IdTokenInvalid("invalid_claim: sub")
+        return claims
+
+    async def _keyset(self, *, refresh: bool) -> KeySet:
+        async with self._jwks_lock:
+            age = time.monotonic() - self._jwks_fetched_at
+            stale = self._jwks is None or age > self.settings.jwks_cache_seconds
+            # A forged kid must not make every request refetch: at most every 10 s.
+            if stale or (refresh and age > 10):
+                response = await self.upstream.send("jwks", "GET", self.settings.jwks_uri)
+                if response.status_code != 200:
+                    raise UpstreamProtocolError(f"jwks: HTTP {response.status_code}")
+                try:
+                    self._jwks = KeySet.import_key_set(json_object(response))  # type: ignore[arg-type]
+                except (JoseError, ValueError, KeyError, TypeError):
+                    raise UpstreamProtocolError("jwks: not a JSON Web Key Set") from None
+                self._jwks_fetched_at = time.monotonic()
+            assert self._jwks is not None
+            return self._jwks

@@ -1,0 +1,131 @@
+"""Prometheus metrics. Label values are route templates, endpoint names and outcome
+classes: never an account id, an email or a token.
+
+Each app has its own registry. Under `serve --workers N` (N > 1) the CLI sets
+PROMETHEUS_MULTIPROC_DIR, every worker writes its samples there, and `/metrics`
+answers with the sum over workers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._http_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._token_series: dict[str, Any] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.http_requests = Counter(
+            "token_broker_http_requests",
+            "HTTP requests served, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.http_duration = Histogram(
+            "token_broker_http_request_duration_seconds",
+            "Time to serve an HTTP request (streams: until the last byte).",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.token_requests = Counter(
+            "token_broker_access_token_requests",
+            "Access-token requests by outcome: cache_hit, database, refreshed, waited, "
+            "refreshed_elsewhere, reauthorization_required, unavailable.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.refreshes = Counter(
+            "token_broker_refreshes",
+            "Upstream refreshes by outcome class: ok, permanent (grant dead), transient "
+            "(gave up after retries), session_policy, rejected_client.",
+            ["outcome", "trigger"],
+            registry=registry,
+        )
+        self.upstream_requests = Counter(
+            "token_broker_upstream_requests",
+            "Requests to the provider by endpoint and HTTP status (or timeout, connection_error).",
+            ["endpoint", "status"],
+            registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            "token_broker_upstream_request_duration_seconds",
+            "Latency of requests to the provider, by endpoint.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.gmail_pages = Counter(
+            "token_broker_gmail_pages", "Gmail list pages fetched.", registry=registry
+        )
+        self.gmail_retries = Counter(
+            "token_broker_gmail_retries",
+            "Gmail list retries by reason: rate_limited, server_error, timeout, "
+            "connection_error, malformed.",
+            ["reason"],
+            registry=registry,
+        )
+        self.accounts = Gauge(
+            "token_broker_accounts",
+            "Connected accounts by status (counted at scrape time).",
+            ["status"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.webhook_deliveries = Counter(
+            "token_broker_webhook_deliveries",
+            "Webhook delivery attempts by outcome: delivered, retry, failed.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.audit_dropped = Counter(
+            "token_broker_audit_events_dropped",
+            "Buffered audit events dropped because the database stayed away too long.",
+            registry=registry,
+        )
+
+    def observe_http(self, route: str, method: str, status: int, elapsed: float) -> None:
+        # Label lookups cost more than the increments: keep the children per series.
+        key = (route, method, status)
+        children = self._http_series.get(key)
+        if children is None:
+            children = (
+                self.http_requests.labels(route, method, str(status)),
+                self.http_duration.labels(route, method),
+            )
+            self._http_series[key] = children
+        children[0].inc()
+        children[1].observe(elapsed)
+
+    def count_token_request(self, outcome: str) -> None:
+        child = self._token_series.get(outcome)
+        if child is None:
+            child = self._token_series[outcome] = self.token_requests.labels(outcome)
+        child.inc()
+
+    def observe_upstream(self, endpoint: str, outcome: str, elapsed: float) -> None:
+        self.upstream_requests.labels(endpoint, outcome).inc()
+        self.upstream_duration.labels(endpoint).observe(elapsed)
+
+    def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            combined = CollectorRegistry()
+            MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+            return bytes(generate_latest(combined))
+        return bytes(generate_latest(self.registry))

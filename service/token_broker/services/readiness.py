@@ -1,0 +1,46 @@
+"""Readiness: can this replica serve? Database up, schema at head, keyring works, not draining."""
+
+from __future__ import annotations
+
+from token_broker.kit.drain import Drain
+from token_broker.store.database import Database
+from token_broker.store.migrations import schema_revision
+from token_broker.store.sealing import Keyring, SecretColumn
+
+_PROBE = SecretColumn("readiness", "probe")
+
+
+class Readiness:
+    def __init__(
+        self, *, database: Database, keyring: Keyring, drain: Drain, head_revision: str
+    ) -> None:
+        self.database = database
+        self.keyring = keyring
+        self.drain = drain
+        self.head_revision = head_revision
+
+    async def checks(self) -> dict[str, str]:
+        """Each check's name and "ok", or what is wrong with it."""
+        checks: dict[str, str] = {}
+        if self.drain.draining:
+            checks["shutdown"] = "draining: this instance is shutting down"
+        try:
+            revision = await schema_revision(self.database)
+            checks["database"] = "ok"
+            if revision == self.head_revision:
+                checks["schema"] = "ok"
+            else:
+                checks["schema"] = (
+                    f"at {revision or 'no revision'}, expected {self.head_revision}; "
+                    "run `token-broker migrate`"
+                )
+        except Exception as error:
+            checks["database"] = f"unreachable ({type(error).__name__})"
+            checks["schema"] = "unknown"
+        try:
+            sealed = self.keyring.seal("probe", column=_PROBE, row="probe")
+            self.keyring.open(sealed, column=_PROBE, row="probe")
+            checks["keyring"] = "ok"
+        except Exception as error:
+            checks["keyring"] = f"failed ({type(error).__name__})"
+        return checks

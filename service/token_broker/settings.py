@@ -1,0 +1,319 @@
+"""Configuration from `TOKEN_BROKER_*` variables, `.env`, and Google's client_secrets.json.
+
+Variable names are part of the product's interface (the README's Configuration table). A wrong or
+missing value is reported as `ConfigurationError`, one line per variable, naming
+the variable and what it expects, never echoing a secret.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "TOKEN_BROKER_"
+
+GOOGLE_AUTH_URI = "https://accounts.google.com/o/oauth2/v2/auth"
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+GOOGLE_USERINFO_URI = "https://openidconnect.googleapis.com/v1/userinfo"
+GOOGLE_REVOKE_URI = "https://oauth2.googleapis.com/revoke"
+GOOGLE_JWKS_URI = "https://www.googleapis.com/oauth2/v3/certs"
+GOOGLE_GMAIL_API_BASE = "https://gmail.googleapis.com"
+GOOGLE_ISSUER = "https://accounts.google.com"
+GMAIL_READONLY_SCOPE = "https://www.googleapis.com/auth/gmail.readonly"
+DEFAULT_SCOPES = ("openid", "email", "profile", GMAIL_READONLY_SCOPE)
+
+# Older client_secrets.json files name the v1 endpoints; the v2 authorization endpoint
+# is the one that understands `prompt=consent`, so known legacy URLs are upgraded.
+_LEGACY_GOOGLE_ENDPOINTS = {
+    "https://accounts.google.com/o/oauth2/auth": GOOGLE_AUTH_URI,
+    "https://accounts.google.com/o/oauth2/token": GOOGLE_TOKEN_URI,
+    "https://www.googleapis.com/oauth2/v4/token": GOOGLE_TOKEN_URI,
+}
+
+
+class ConfigurationError(Exception):
+    """Configuration that cannot work; each problem names its variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _split(value: Any, separator: str | None) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(separator) if item.strip()]
+    return value
+
+
+def _is_http_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+class Settings(BaseSettings):
+    """Every setting of the broker. Build with `load_settings()` for clear errors."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+    )
+
+    environment: Literal["production", "development"] = "production"
+    database_url: str = "sqlite+aiosqlite:///./token-broker.db"
+    encryption_keys: SecretStr | None = None
+
+    google_client_secrets_file: Path | None = None
+    google_client_id: str | None = None
+    google_client_secret: SecretStr | None = None
+    redirect_uri: str | None = None
+    exchange_redirect_uri: str = "postmessage"
+    scopes: Annotated[tuple[str, ...], NoDecode] = DEFAULT_SCOPES
+    required_scopes: Annotated[tuple[str, ...], NoDecode] = (GMAIL_READONLY_SCOPE,)
+    issuer: str = GOOGLE_ISSUER
+    auth_uri: str = GOOGLE_AUTH_URI
+    token_uri: str = GOOGLE_TOKEN_URI
+    userinfo_uri: str = GOOGLE_USERINFO_URI
+    revoke_uri: str = GOOGLE_REVOKE_URI
+    jwks_uri: str = GOOGLE_JWKS_URI
+    gmail_api_base: str = GOOGLE_GMAIL_API_BASE
+    token_endpoint_auth_method: Literal["client_secret_post", "client_secret_basic"] = (
+        "client_secret_post"
+    )
+    return_to_allowlist: Annotated[tuple[str, ...], NoDecode] = ()
+
+    # Upstream HTTP
+    http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    http_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    http_max_connections: int = Field(default=100, ge=1, le=10_000)
+
+    # OAuth flow
+    state_ttl_seconds: int = Field(default=600, ge=30, le=3600)
+    id_token_leeway_seconds: int = Field(default=60, ge=0, le=600)
+    jwks_cache_seconds: int = Field(default=3600, ge=0, le=86_400)
+
+    # Access tokens
+    default_min_ttl_seconds: int = Field(default=300, ge=0, le=3300)
+    default_token_lifetime_seconds: int = Field(default=600, ge=60, le=3600)
+    token_cache_size: int = Field(default=10_000, ge=1, le=10_000_000)
+    refresh_attempts: int = Field(default=3, ge=1, le=10)
+    refresh_budget_seconds: float = Field(default=8.0, gt=0, le=120)
+    refresh_cooldown_seconds: float = Field(default=5.0, ge=0, le=600)
+    lock_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+
+    # Gmail
+    gmail_attempts: int = Field(default=5, ge=1, le=20)
+    gmail_budget_seconds: float = Field(default=30.0, gt=0, le=600)
+    gmail_backoff_seconds: float = Field(default=1.0, gt=0, le=30)
+
+    # Callers
+    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    rate_limit_per_second: float = Field(default=1000.0, ge=0, le=1_000_000)
+    rate_limit_burst: float = Field(default=2000.0, ge=1, le=10_000_000)
+    key_lookups_per_second: float = Field(default=200.0, ge=0, le=100_000)
+    max_body_bytes: int = Field(default=65_536, ge=1024, le=10_485_760)
+
+    # Operations
+    metrics_enabled: bool = True
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=600)
+    keepalive_enabled: bool | None = None
+    keepalive_after_days: int = Field(default=30, ge=1, le=180)
+    keepalive_interval_seconds: int = Field(default=3600, ge=10, le=86_400)
+    keepalive_batch: int = Field(default=500, ge=1, le=100_000)
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_max_attempts: int = Field(default=10, ge=1, le=50)
+
+    # Storage
+    db_pool_size: int = Field(default=10, ge=1, le=500)
+    db_max_overflow: int = Field(default=10, ge=0, le=500)
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    migrate_wait_seconds: float = Field(default=30.0, ge=0, le=600)
+
+    # Observability
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] | None = None
+    # Unset: on in development, off in production. A JSON access line costs about as
+    # much as serving a cached token (README, "Performance"); proxies log requests too.
+    access_log: bool | None = None
+
+    @field_validator("scopes", "required_scopes", mode="before")
+    @classmethod
+    def _space_separated(cls, value: Any) -> Any:
+        return _split(value, None)
+
+    @field_validator("return_to_allowlist", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _split(value, ",")
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        if not value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError(
+                "expected a URL starting with postgresql+asyncpg:// or sqlite+aiosqlite://"
+            )
+        return value
+
+    @field_validator(
+        "auth_uri", "token_uri", "userinfo_uri", "revoke_uri", "jwks_uri", "gmail_api_base"
+    )
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not _is_http_url(value):
+            raise ValueError("expected an absolute http(s) URL")
+        return value.rstrip("/") if value.endswith("/") else value
+
+    @field_validator("redirect_uri")
+    @classmethod
+    def _redirect_uri(cls, value: str | None) -> str | None:
+        if value is not None and not _is_http_url(value):
+            raise ValueError("expected the absolute http(s) callback URL registered with Google")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None and not _is_http_url(value):
+            raise ValueError("expected an absolute http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_needs_a_secret(self) -> Settings:
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise ValueError(
+                f"{env_name('webhook_secret')}: required when {env_name('webhook_url')} is set "
+                "(notifications are signed with it)"
+            )
+        return self
+
+    @field_validator("return_to_allowlist")
+    @classmethod
+    def _allowlist_entries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            parts = urlsplit(entry)
+            if not _is_http_url(entry) or parts.query or parts.fragment:
+                raise ValueError(
+                    "expected comma-separated http(s) URL prefixes (scheme, host and path)"
+                )
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_client_secrets_file(cls, data: Any) -> Any:
+        # Values set explicitly (environment, .env, arguments) win over the file.
+        if not isinstance(data, dict) or not data.get("google_client_secrets_file"):
+            return data
+        web = _read_client_secrets(Path(data["google_client_secrets_file"]))
+        filled = dict(data)
+        redirect_uris = web.get("redirect_uris") or [None]
+        from_file = {
+            "google_client_id": web.get("client_id"),
+            "google_client_secret": web.get("client_secret"),
+            "redirect_uri": redirect_uris[0],
+            "auth_uri": _LEGACY_GOOGLE_ENDPOINTS.get(web.get("auth_uri", ""), web.get("auth_uri")),
+            "token_uri": _LEGACY_GOOGLE_ENDPOINTS.get(
+                web.get("token_uri", ""), web.get("token_uri")
+            ),
+        }
+        for field, value in from_file.items():
+            if value and not filled.get(field):
+                filled[field] = value
+        return filled
+
+    @property
+    def is_development(self) -> bool:
+        return self.environment == "development"
+
+    @property
+    def access_log_active(self) -> bool:
+        return self.is_development if self.access_log is None else self.access_log
+
+    @property
+    def keepalive_active(self) -> bool:
+        """Keep-alive refresh runs unless switched off; off by default in development."""
+        if self.keepalive_enabled is not None:
+            return self.keepalive_enabled
+        return not self.is_development
+
+    @property
+    def effective_log_format(self) -> Literal["json", "text"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "text" if self.is_development else "json"
+
+    def serving_problems(self) -> list[str]:
+        """What stops this configuration from serving OAuth and token requests."""
+        problems: list[str] = []
+        if self.encryption_keys is None and not self.is_development:
+            problems.append(
+                f"{env_name('encryption_keys')}: required outside development; expected "
+                "comma-separated kid:base64(32 bytes) (make one with `token-broker keys generate`)"
+            )
+        if not self.google_client_id:
+            problems.append(
+                f"{env_name('google_client_id')}: required; set it or "
+                f"{env_name('google_client_secrets_file')}"
+            )
+        if self.google_client_secret is None:
+            problems.append(
+                f"{env_name('google_client_secret')}: required; set it or "
+                f"{env_name('google_client_secrets_file')}"
+            )
+        if not self.redirect_uri:
+            problems.append(
+                f"{env_name('redirect_uri')}: required; the callback URL registered with Google "
+                "(or redirect_uris in the client secrets file)"
+            )
+        missing = [scope for scope in self.required_scopes if scope not in self.scopes]
+        if missing:
+            problems.append(
+                f"{env_name('scopes')}: must include the required scopes {' '.join(missing)}"
+            )
+        return problems
+
+
+def _read_client_secrets(path: Path) -> dict[str, Any]:
+    variable = env_name("google_client_secrets_file")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{variable}: no file at {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{variable}: {path} is not a readable JSON file ({type(error).__name__})"
+        ) from None
+    web = document.get("web") if isinstance(document, dict) else None
+    if not isinstance(web, dict):
+        raise ValueError(
+            f'{variable}: {path} has no "web" object; expected Google\'s client_secrets.json '
+            "for a web application"
+        )
+    return web
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and overrides, or a `ConfigurationError` per variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors(include_input=False, include_url=False):
+            location = item.get("loc") or ()
+            message = str(item.get("msg", "invalid value")).removeprefix("Value error, ")
+            if location:
+                problems.append(f"{env_name(str(location[0]))}: {message}")
+            else:
+                problems.append(message)
+        raise ConfigurationError(problems) from None

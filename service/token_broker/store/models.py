@@ -1,0 +1,139 @@
+"""Database tables. Tables only: API shapes live in `web/schemas.py`.
+
+Columns holding secrets contain sealed values (see `sealing.py`), never plaintext.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+from token_broker.store.sealing import SecretColumn
+
+# Deterministic constraint names, so later migrations (batch mode on SQLite) can name them.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no offset)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; the broker stores aware UTC datetimes")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class AccountStatus(StrEnum):
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+class Account(SQLModel, table=True):
+    __tablename__ = "accounts"
+    __table_args__ = (
+        sa.UniqueConstraint("provider", "subject", name="uq_accounts_provider_subject"),
+    )
+
+    REFRESH_TOKEN: ClassVar[SecretColumn] = SecretColumn("accounts", "refresh_token")
+    ACCESS_TOKEN: ClassVar[SecretColumn] = SecretColumn("accounts", "access_token")
+
+    id: str = Field(primary_key=True, max_length=36)
+    provider: str = Field(max_length=32)
+    subject: str = Field(max_length=255)
+    email: str | None = Field(default=None, max_length=320, index=True)
+    scopes: str = Field(default="", sa_type=sa.Text)
+    status: str = Field(default=AccountStatus.ACTIVE, max_length=16, index=True)
+    refresh_token: str | None = Field(default=None, sa_type=sa.Text)
+    access_token: str | None = Field(default=None, sa_type=sa.Text)
+    access_token_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+    last_refreshed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_refresh_error: str | None = Field(default=None, max_length=64)
+
+    @property
+    def scope_list(self) -> list[str]:
+        return self.scopes.split()
+
+
+class OAuthState(SQLModel, table=True):
+    __tablename__ = "oauth_states"
+
+    CODE_VERIFIER: ClassVar[SecretColumn] = SecretColumn("oauth_states", "code_verifier")
+
+    state_hash: str = Field(primary_key=True, max_length=64)
+    code_verifier: str = Field(sa_type=sa.Text)
+    login_hint: str | None = Field(default=None, max_length=320)
+    scopes: str = Field(sa_type=sa.Text)
+    return_to: str | None = Field(default=None, sa_type=sa.Text)
+    client_id: str | None = Field(default=None, max_length=36)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    consumed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class ApiClient(SQLModel, table=True):
+    __tablename__ = "api_clients"
+
+    id: str = Field(primary_key=True, max_length=36)
+    name: str = Field(max_length=100, unique=True)
+    key_hash: str = Field(max_length=64, unique=True)
+    permissions: str = Field(sa_type=sa.Text)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+    @property
+    def permission_list(self) -> list[str]:
+        return self.permissions.split()
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_type=UTCDateTime, index=True)
+    client_id: str | None = Field(default=None, max_length=36)
+    action: str = Field(max_length=64, index=True)
+    account_id: str | None = Field(default=None, max_length=36, index=True)
+    outcome: str = Field(max_length=32)
+    request_id: str | None = Field(default=None, max_length=64)
+    detail: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """An account notification waiting to be (or already) delivered: the webhook outbox.
+
+    Written in the same transaction as the change it reports, so none is lost; sent
+    by a background dispatcher that leases one row at a time (any replica may send).
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: str = Field(primary_key=True, max_length=36)
+    event_type: str = Field(max_length=64)
+    payload: dict[str, Any] = Field(sa_type=sa.JSON)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    next_attempt_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    attempts: int = Field(default=0)
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    failed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str | None = Field(default=None, max_length=200)

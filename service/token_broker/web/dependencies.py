@@ -1,0 +1,71 @@
+"""What routes depend on: the services they call, and the authenticated caller."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from token_broker.observability.metrics import Metrics
+from token_broker.services.accounts import AccountService
+from token_broker.services.api_keys import Authenticator, Caller, Permission
+from token_broker.services.authorizations import AuthorizationService
+from token_broker.services.connect import ConnectService
+from token_broker.services.listing import ListingService
+from token_broker.services.readiness import Readiness
+from token_broker.services.tokens import TokenService
+from token_broker.web.token_bodies import TokenBodies
+
+
+@dataclass(frozen=True)
+class WebState:
+    """What the routes (and the token fast path) use; built once per app in its lifespan."""
+
+    authenticator: Authenticator
+    authorizations: AuthorizationService
+    connect: ConnectService
+    accounts: AccountService
+    tokens: TokenService
+    listing: ListingService
+    readiness: Readiness
+    metrics: Metrics
+    token_bodies: TokenBodies
+    default_min_ttl: int
+
+
+async def get_state(request: Request) -> WebState:
+    # async on purpose: FastAPI runs plain `def` dependencies in a thread pool.
+    state: WebState = request.app.state.web
+    return state
+
+
+State = Annotated[WebState, Depends(get_state)]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key from `token-broker clients create`, sent as a Bearer token.",
+)
+
+
+def require(permission: Permission) -> Callable[..., Awaitable[Caller]]:
+    async def authenticated_caller(
+        state: State,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Caller:
+        caller = await state.authenticator.authenticate(
+            credentials.credentials if credentials else None
+        )
+        caller.require(permission)
+        return caller
+
+    return authenticated_caller
+
+
+TokensReader = Annotated[Caller, Depends(require(Permission.TOKENS_READ))]
+MessagesReader = Annotated[Caller, Depends(require(Permission.MESSAGES_READ))]
+AccountsReader = Annotated[Caller, Depends(require(Permission.ACCOUNTS_READ))]
+AccountsWriter = Annotated[Caller, Depends(require(Permission.ACCOUNTS_WRITE))]

@@ -1,0 +1,74 @@
+"""Connected accounts: list, read (and, with the token service, delete)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query
+
+from token_broker.errors import (
+    AccountNotFound,
+    InvalidCursor,
+    caller_problems,
+)
+from token_broker.web.dependencies import AccountsReader, AccountsWriter, State
+from token_broker.web.problems import problem_responses
+from token_broker.web.schemas import TOKEN_TEXT, Account, AccountPage, Deleted
+
+router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+
+# A subject id or an email: no slash, backslash, space or control character.
+ACCOUNT_REF = r"^[^\x00-\x20\x7f/\\]{1,320}$"
+
+AccountRef = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=320,
+        pattern=ACCOUNT_REF,
+        description="The account's provider subject id (Google `sub`) or its email address.",
+        examples=["alice@example.com", "109876543210987654321"],
+    ),
+]
+AUTH_PROBLEMS = caller_problems()
+
+
+@router.get(
+    "",
+    response_model=AccountPage,
+    summary="List connected accounts",
+    responses=problem_responses(*AUTH_PROBLEMS, InvalidCursor),
+)
+async def list_accounts(
+    state: State,
+    _caller: AccountsReader,
+    email: Annotated[str | None, Query(max_length=320, pattern=TOKEN_TEXT)] = None,
+    status: Literal["active", "revoked"] | None = None,
+    cursor: Annotated[str | None, Query(max_length=512, pattern=r"^[A-Za-z0-9_-]+$")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> AccountPage:
+    rows, next_cursor = await state.accounts.page(
+        email=email, status=status, cursor=cursor, limit=limit
+    )
+    return AccountPage(items=[Account.of(row) for row in rows], next_cursor=next_cursor)
+
+
+@router.get(
+    "/{account}",
+    response_model=Account,
+    summary="Read one account",
+    responses=problem_responses(*AUTH_PROBLEMS, AccountNotFound),
+)
+async def get_account(state: State, _caller: AccountsReader, account: AccountRef) -> Account:
+    return Account.of(await state.accounts.get(account))
+
+
+@router.delete(
+    "/{account}",
+    response_model=Deleted,
+    summary="Revoke the grant at the provider, then delete the account and its secrets",
+    responses=problem_responses(*AUTH_PROBLEMS, AccountNotFound),
+)
+async def delete_account(state: State, caller: AccountsWriter, account: AccountRef) -> Deleted:
+    deletion = await state.accounts.delete(account, client_id=caller.client_id)
+    return Deleted(deleted=True, upstream_revoked=deletion.upstream_revoked)

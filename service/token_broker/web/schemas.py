@@ -1,0 +1,158 @@
+"""API request and response models. Never a token in an account; never a secret in a problem."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from token_broker.store.models import Account as AccountRow
+from token_broker.store.models import AccountStatus
+
+# No control characters, spaces or backslashes: identifiers, emails, codes and scopes
+# never contain them, and refusing them here keeps them out of queries, logs and
+# upstream requests.
+TOKEN_TEXT = r"^[^\x00-\x20\x7f\\]+$"
+# Anything printable: search queries may contain spaces, never control characters.
+PRINTABLE_TEXT = r"^[^\x00-\x1f\x7f]*$"
+LABEL_ID = r"^[A-Za-z0-9_-]{1,100}$"
+Scope = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=TOKEN_TEXT)]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, with the broker's stable `code`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(examples=["urn:token-broker:problem:account_not_found"])
+    title: str
+    status: int
+    detail: str
+    code: str = Field(examples=["account_not_found"])
+    request_id: str | None = None
+    authorization_url: str | None = Field(
+        default=None, description="Where to send the user to (re)connect the account."
+    )
+    retry_after: int | None = Field(default=None, description="Seconds to wait before retrying.")
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="Validation errors: location and message."
+    )
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    checks: dict[str, str]
+
+
+class Account(BaseModel):
+    """A connected Google account. Never carries a token."""
+
+    id: str
+    subject: str
+    email: str | None
+    status: Literal["active", "revoked"]
+    scopes: list[str]
+    created_at: datetime
+    updated_at: datetime
+    last_refreshed_at: datetime | None
+    access_token_expires_at: datetime | None
+
+    @classmethod
+    def of(cls, account: AccountRow) -> Account:
+        return cls(
+            id=account.id,
+            subject=account.subject,
+            email=account.email,
+            status=AccountStatus(account.status).value,
+            scopes=account.scope_list,
+            created_at=account.created_at,
+            updated_at=account.updated_at,
+            last_refreshed_at=account.last_refreshed_at,
+            access_token_expires_at=account.access_token_expires_at,
+        )
+
+
+class AccountPage(BaseModel):
+    items: list[Account]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
+
+
+class AuthorizationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    login_hint: str | None = Field(
+        default=None,
+        max_length=320,
+        pattern=TOKEN_TEXT,
+        description="Email address to preselect at consent.",
+    )
+    scopes: list[Scope] | None = Field(
+        default=None,
+        max_length=20,
+        description="Scopes to request, from TOKEN_BROKER_SCOPES; default: all of them. "
+        "The required scopes are always added.",
+    )
+    return_to: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Where the callback sends the browser afterwards; must match "
+        "TOKEN_BROKER_RETURN_TO_ALLOWLIST.",
+    )
+
+
+class Authorization(BaseModel):
+    authorization_url: str = Field(description="Send the user's browser here.")
+    state: str = Field(description="The one-time state carried through the flow.")
+    expires_at: datetime
+
+
+class ExchangeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(
+        min_length=1, max_length=2048, pattern=TOKEN_TEXT, description="The authorization code."
+    )
+    redirect_uri: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=TOKEN_TEXT,
+        description="The redirect URI the code was issued for; default "
+        "TOKEN_BROKER_EXCHANGE_REDIRECT_URI (`postmessage` for Google's popup code client).",
+    )
+    code_verifier: str | None = Field(
+        default=None, min_length=43, max_length=128, pattern=r"^[A-Za-z0-9._~-]+$"
+    )
+
+
+class AccessToken(BaseModel):
+    access_token: str = Field(description="A Google OAuth 2.0 access token for the account.")
+    token_type: Literal["Bearer"]
+    expires_at: datetime
+    expires_in: int = Field(description="Seconds until expiry, from the moment of the answer.")
+    scopes: list[str]
+
+
+class Deleted(BaseModel):
+    deleted: Literal[True]
+    upstream_revoked: bool = Field(
+        description="Whether the provider confirmed the grant is revoked (best effort)."
+    )
+
+
+class MessageRef(BaseModel):
+    id: str
+    threadId: str
+
+
+class MessageList(BaseModel):
+    messages: list[MessageRef]
+    count: int
+    result_size_estimate: int = Field(description="Gmail's estimate from the first page.")
+    pages: int = Field(description="Upstream pages fetched (500 messages each).")

@@ -1,0 +1,149 @@
+"""`token-broker dev` as a newcomer runs it: the printed steps connect an account and list mail."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+
+from tests.support.hygiene import ARTIFACTS, register_secret
+from tests.support.polling import eventually
+from tests.support.processes import free_port
+
+
+class DevProcess:
+    def __init__(self, data_dir: Path, port: int, env: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.stdout = data_dir.parent / f"dev-{port}.out"
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "token_broker",
+                "dev",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+            ],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})},
+            stdout=self.stdout.open("w"),
+            stderr=(ARTIFACTS / f"dev-{port}.log").open("w"),
+            cwd=data_dir.parent,
+        )
+
+    async def key(self) -> str:
+        def printed() -> str | None:
+            for line in self.stdout.read_text().splitlines():
+                if "export TB_KEY=" in line:
+                    return line.split("=", 1)[1].strip()
+            return None
+
+        key = await eventually(printed, within=30)
+        register_secret(key)
+        async with httpx.AsyncClient() as client:
+
+            async def up() -> bool:
+                try:
+                    return (await client.get(f"{self.url}/readyz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(up, within=30)
+        return str(key)
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+
+async def test_the_printed_steps_work_and_survive_a_restart(tmp_path: Path) -> None:
+    data_dir = tmp_path / "dev-data"
+    dev = DevProcess(data_dir, free_port())
+    try:
+        key = await dev.key()
+        banner = dev.stdout.read_text()
+        assert f"{dev.url}/docs" in banner
+        headers = {"Authorization": f"Bearer {key}"}
+        async with (
+            httpx.AsyncClient(base_url=dev.url, headers=headers) as client,
+            httpx.AsyncClient() as browser,
+        ):
+            # 1. Start connecting an account.
+            started = await client.post(
+                "/v1/authorizations", json={"login_hint": "alice@example.com"}
+            )
+            assert started.status_code == 201
+            url = started.json()["authorization_url"]
+            assert url.startswith(f"{dev.url}/sandbox/o/oauth2/v2/auth?")
+            # 2. The consent page, and Allow (the form post a browser would make).
+            page = await browser.get(url)
+            assert page.status_code == 200
+            assert "alice@example.com" in page.text
+            params = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+            consent = await browser.post(
+                url.split("?")[0],
+                data={**params, "email": "alice@example.com", "decision": "allow"},
+            )
+            landing = await browser.get(consent.headers["location"])
+            assert landing.status_code == 200
+            assert "Account connected" in landing.text
+            # 3. A token, and the listing.
+            token = await client.get("/v1/accounts/alice@example.com/access-token")
+            assert token.status_code == 200
+            register_secret(token.json()["access_token"])
+            listed = await client.get(
+                "/v1/accounts/alice@example.com/messages", params={"q": "is:unread"}
+            )
+            assert listed.status_code == 200
+            assert listed.json()["count"] > 0
+    finally:
+        assert dev.stop() in (0, -signal.SIGTERM)
+
+    # Restarted: the keyring, the database and the sandbox's grants are all still there.
+    again = DevProcess(data_dir, free_port())
+    try:
+        key = await again.key()
+        async with httpx.AsyncClient(
+            base_url=again.url, headers={"Authorization": f"Bearer {key}"}
+        ) as client:
+            refreshed = await client.get(
+                "/v1/accounts/alice@example.com/access-token", params={"force_refresh": "true"}
+            )
+            assert refreshed.status_code == 200, refreshed.text
+            register_secret(refreshed.json()["access_token"])
+            stale = await client.get(
+                "/v1/accounts", headers={"Authorization": "Bearer " + key[:-1] + "x"}
+            )
+            assert stale.status_code == 401
+    finally:
+        again.stop()
+
+
+async def test_dev_refuses_a_production_looking_configuration(tmp_path: Path) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "token_broker", "dev", "--data-dir", str(tmp_path / "d")],
+        env={
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "TOKEN_BROKER_DATABASE_URL": "postgresql+asyncpg://prod@db/broker",
+            "TOKEN_BROKER_GOOGLE_CLIENT_ID": "1234.apps.googleusercontent.com",
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "looks like production" in result.stderr
+    assert "TOKEN_BROKER_DATABASE_URL points at Postgres" in result.stderr
+    assert "TOKEN_BROKER_GOOGLE_CLIENT_ID" in result.stderr
+    assert not (tmp_path / "d").exists()

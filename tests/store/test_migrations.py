@@ -1,0 +1,48 @@
+import subprocess
+import sys
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlmodel import SQLModel
+
+from token_broker.store.database import Database, create_engine
+from token_broker.store.migrations import head_revision, migrate, schema_revision
+
+
+async def test_models_and_latest_migration_agree(database: Database) -> None:
+    def differences(connection):
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return compare_metadata(context, SQLModel.metadata)
+
+    async with database.engine.connect() as connection:
+        diff = await connection.run_sync(differences)
+    assert diff == []
+
+
+async def test_migrate_reaches_head_on_an_empty_database(empty_database_url: str) -> None:
+    url = empty_database_url
+    assert await migrate(url, wait_seconds=5) == head_revision()
+    database = Database(create_engine(url))
+    assert await schema_revision(database) == head_revision()
+    await database.dispose()
+    # Running it again is a no-op.
+    assert await migrate(url, wait_seconds=5) == head_revision()
+
+
+def test_migrate_gives_up_on_an_unreachable_database_within_its_bound(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "token_broker", "migrate"],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "TOKEN_BROKER_DATABASE_URL": "postgresql+asyncpg://nobody@127.0.0.1:1/none",
+            "TOKEN_BROKER_MIGRATE_WAIT_SECONDS": "1",
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "migration failed" in result.stderr
