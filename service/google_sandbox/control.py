@@ -78,6 +78,17 @@ def control_router(state: SandboxState) -> APIRouter:
             "code_ttl": state.code_ttl,
         }
 
+    @router.post(
+        "/keys/rotate",
+        summary="Rotate the ID-token signing keys: a new one signs, the previous stays published",
+    )
+    async def rotate_keys() -> dict[str, Any]:
+        state.signing_keys.rotate()
+        return {
+            "signing_kid": state.signing_keys.current.kid,
+            "published_kids": [key.kid for key in state.signing_keys.published],
+        }
+
     @router.post("/users", status_code=201, summary="Create a user or resize their mailbox")
     async def add_user(spec: UserSpec) -> dict[str, Any]:
         user = state.add_user(spec.email, name=spec.name, mailbox_size=spec.mailbox_size)

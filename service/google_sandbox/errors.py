@@ -38,9 +38,13 @@ _GOOGLE_STATUS = {
     503: ("UNAVAILABLE", "backendError", "The service is currently unavailable."),
     504: ("DEADLINE_EXCEEDED", "backendError", "The request timed out."),
 }
-_REASON_MESSAGES = {
+# Where Gmail keeps its classic text in errors[0].message beside a newer top-level message.
+_CLASSIC_MESSAGES = {
     "authError": "Invalid Credentials",
     "insufficientPermissions": "Insufficient Permission",
+}
+_REASON_MESSAGES = {
+    "insufficientPermissions": "Request had insufficient authentication scopes.",
     "userRateLimitExceeded": "User-rate limit exceeded.",
     "rateLimitExceeded": "Rate Limit Exceeded",
     "dailyLimitExceeded": "Daily Limit Exceeded",
@@ -54,9 +58,20 @@ _REASON_DOMAINS = {
 
 
 def google_api_error(
-    status: int, reason: str | None = None, message: str | None = None
+    status: int,
+    reason: str | None = None,
+    message: str | None = None,
+    *,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    """An error body as Google's JSON APIs send it: {"error": {code, message, errors, status}}."""
+    """An error body as Google's JSON APIs send it: {"error": {code, message, errors, status}}.
+
+    errors[0].message repeats the specific message ("Invalid pageToken" in both places,
+    laravel-gmail#121), except where Gmail keeps its classic text there ("Invalid
+    Credentials", "Insufficient Permission": dacastro4/laravel-gmail#273,
+    googleworkspace/php-samples#123). `details` carries google.rpc objects such as ErrorInfo.
+    """
     status_name, default_reason, default_message = _GOOGLE_STATUS.get(
         status, ("UNKNOWN", "unknown", "Error")
     )
@@ -65,18 +80,25 @@ def google_api_error(
         default_message if reason == default_reason else _REASON_MESSAGES.get(reason, reason)
     )
     detail: dict[str, Any] = {
-        "message": _REASON_MESSAGES.get(reason, text),
+        "message": _CLASSIC_MESSAGES.get(reason, text),
         "domain": _REASON_DOMAINS.get(reason, "global"),
         "reason": reason,
     }
-    headers: dict[str, str] = {}
+    answer_headers = dict(headers or {})
     if status == 401:
         detail.update(location="Authorization", locationType="header")
-        headers["WWW-Authenticate"] = (
-            'Bearer realm="https://accounts.google.com/", error="invalid_token"'
+        answer_headers.setdefault(
+            "WWW-Authenticate", 'Bearer realm="https://accounts.google.com/", error="invalid_token"'
         )
-    body = {"error": {"code": status, "message": text, "errors": [detail], "status": status_name}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    error: dict[str, Any] = {
+        "code": status,
+        "message": text,
+        "errors": [detail],
+        "status": status_name,
+    }
+    if details:
+        error["details"] = details
+    return JSONResponse({"error": error}, status_code=status, headers=answer_headers)
 
 
 def error_page(status: int, error: str, explanation: str) -> HTMLResponse:

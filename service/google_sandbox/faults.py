@@ -19,7 +19,7 @@ def endpoint_of(path: str) -> str | None:
         return path[1:]
     if path in ("/v1/userinfo", "/oauth2/v2/userinfo", "/oauth2/v3/userinfo"):
         return "userinfo"
-    if path == "/oauth2/v3/certs":
+    if path in ("/oauth2/v3/certs", "/oauth2/v1/certs"):
         return "jwks"
     if path == "/.well-known/openid-configuration":
         return "discovery"

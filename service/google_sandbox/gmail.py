@@ -1,4 +1,33 @@
-"""Gmail's `users.messages.list`, over each user's seeded mailbox."""
+"""Gmail's `users.messages.list`, over each user's seeded mailbox.
+
+Facts (checked against public sources):
+
+- A token without one of the method's scopes (gmail.v1.json: mail.google.com,
+  gmail.modify, gmail.readonly, gmail.metadata) gets 403 "Request had insufficient
+  authentication scopes." with errors[0] `insufficientPermissions` "Insufficient
+  Permission", `error.details` holding a google.rpc.ErrorInfo with reason
+  ACCESS_TOKEN_SCOPE_INSUFFICIENT, domain googleapis.com and the service and method in
+  its metadata (googleworkspace/php-samples#123), and a `WWW-Authenticate: Bearer
+  realm="https://accounts.google.com/", error="insufficient_scope", scope="…"` header
+  naming the scopes that would do (anthonyjgrove/react-google-login#548,
+  googleworkspace/apps-script-oauth2#172).
+- A `labelIds` value that is not a label of the mailbox: 400 `invalidArgument` "Invalid
+  label: <id>" (GAM-team/got-your-back#135; label ids are not label names, developers'
+  guide "list messages"). System label ids are INBOX, SPAM, TRASH, UNREAD, STARRED,
+  IMPORTANT, SENT, DRAFT, CHAT and the CATEGORY_* ids (googleworkspace/php-samples#123).
+- A bad `pageToken`: 400 `invalidArgument` "Invalid pageToken", in both messages
+  (dacastro4/laravel-gmail#121).
+- With the gmail.metadata scope among the token's scopes, any `q` is refused: 403
+  `forbidden` "Metadata scope does not support 'q' parameter", even beside broader
+  scopes (googleapis/google-api-python-client#582, googleworkspace/cli#200).
+- `resultSizeEstimate` is "an estimated total number of results" (developers' guide,
+  "List Gmail messages"), not a count: measured in 2026 it answered 201 for every
+  non-empty query whatever matched (3, 6, 9, 21 messages; at maxResults 1, 10 and 100;
+  openclaw/gogcli#983) and "201 ... whether four messages match or four thousand"
+  (huacnlee/omamail#188), 0 when nothing matches. The sandbox answers the same, so
+  nothing built on it can mistake the estimate for a count.
+- `maxResults` defaults to 100 and is at most 500 (gmail.v1.json).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +37,33 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from google_sandbox import fields
 from google_sandbox.errors import google_api_error
-from google_sandbox.mailbox import InvalidPageToken, compile_query
-from google_sandbox.state import GMAIL_SCOPE_PREFIX, SandboxState
+from google_sandbox.mailbox import LABEL_IDS, InvalidPageToken, compile_query
+from google_sandbox.scopes import GMAIL_METADATA, MESSAGES_LIST_SCOPES
+from google_sandbox.state import SandboxState
 
-GMAIL_READ_SCOPES = {
-    "https://www.googleapis.com/auth/gmail.readonly",
-    "https://www.googleapis.com/auth/gmail.metadata",
-    "https://www.googleapis.com/auth/gmail.modify",
-    "https://mail.google.com/",
-}
+NONEMPTY_ESTIMATE = 201
+_LIST_METHOD = "caribou.api.proto.MailboxService.ListMessages"
+
+
+def insufficient_scope(method: str, accepted: frozenset[str]) -> JSONResponse:
+    return google_api_error(
+        403,
+        "insufficientPermissions",
+        details=[
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+                "domain": "googleapis.com",
+                "metadata": {"method": method, "service": "gmail.googleapis.com"},
+            }
+        ],
+        headers={
+            "WWW-Authenticate": 'Bearer realm="https://accounts.google.com/", '
+            f'error="insufficient_scope", scope="{" ".join(sorted(accepted))}"'
+        },
+    )
 
 
 def gmail_router(state: SandboxState) -> APIRouter:
@@ -33,16 +79,21 @@ def gmail_router(state: SandboxState) -> APIRouter:
         )
         if access is None:
             return google_api_error(401, "authError")
-        if not access.scopes & GMAIL_READ_SCOPES and not any(
-            s.startswith(GMAIL_SCOPE_PREFIX) for s in access.scopes
-        ):
-            return google_api_error(
-                403, "insufficientPermissions", "Request had insufficient authentication scopes."
-            )
+        if not access.scopes & MESSAGES_LIST_SCOPES:
+            return insufficient_scope(_LIST_METHOD, MESSAGES_LIST_SCOPES)
         owner = state.users[state.grants[access.grant_id].email]
         if user_id not in ("me", owner.email):
             return google_api_error(403, "forbidden", "Delegation denied for " + user_id)
         query = request.query_params
+        if "q" in query and GMAIL_METADATA in access.scopes:
+            return google_api_error(
+                403, "forbidden", "Metadata scope does not support 'q' parameter"
+            )
+        try:
+            selection = fields.parse(query.get("fields", ""))
+            fields.check(selection, fields.LIST_MESSAGES_SCHEMA)
+        except fields.InvalidFieldSelection as invalid:
+            return google_api_error(400, "invalidParameter", str(invalid))
         try:
             max_results = int(query.get("maxResults", "100"))
         except ValueError:
@@ -52,6 +103,9 @@ def gmail_router(state: SandboxState) -> APIRouter:
         max_results = min(max_results, 500)
         q = query.get("q")
         label_ids = query.getlist("labelIds")
+        for label_id in label_ids:
+            if label_id not in LABEL_IDS:
+                return google_api_error(400, "invalidArgument", f"Invalid label: {label_id}")
         include_spam_trash = query.get("includeSpamTrash", "false").lower() == "true"
         key = json.dumps(
             [owner.email, owner.mailbox_size, q, sorted(label_ids), include_spam_trash]
@@ -74,7 +128,7 @@ def gmail_router(state: SandboxState) -> APIRouter:
             body["messages"] = [message.as_list_entry() for message in page]
         if offset + max_results < len(matches):
             body["nextPageToken"] = state.page_tokens.issue(key, offset + max_results)
-        body["resultSizeEstimate"] = len(matches)
-        return JSONResponse(body)
+        body["resultSizeEstimate"] = NONEMPTY_ESTIMATE if matches else 0
+        return JSONResponse(fields.apply(selection, body))
 
     return router

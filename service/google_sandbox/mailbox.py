@@ -24,6 +24,9 @@ SYSTEM_LABELS = (
     "CATEGORY_FORUMS",
 )  # fmt: skip
 USER_LABELS = {"Label_1": "Receipts", "Label_2": "Travel", "Label_3": "Work/Projects"}
+# Every label id a mailbox has: its system labels (DRAFT and CHAT carry no seeded message)
+# and its user labels.
+LABEL_IDS = frozenset({*SYSTEM_LABELS, "DRAFT", "CHAT", *USER_LABELS})
 _CATEGORIES = SYSTEM_LABELS[7:]
 _SENDERS = (
     ("Ada Lovelace", "ada@analytical.example"),

@@ -1,5 +1,21 @@
 """Google's OAuth 2.0 and OpenID Connect endpoints: authorize (with a consent page), token,
-revoke, userinfo, JWKS and discovery.
+revoke, userinfo, signing certificates and discovery.
+
+Facts beyond those in `scopes.py`, `keys.py` and `identity.py`:
+
+- A code exchanged with another `redirect_uri` than it was issued for is refused with 400
+  `redirect_uri_mismatch` (GOOGLE.md, "Token endpoint"; RFC 6749 4.1.3 requires the match).
+- `prompt=none`: "The authorization server does not display any authentication or user
+  consent screens; it will return an error if the user is not already authenticated and has
+  not pre-configured consent for the requested scopes" (Google's OpenID Connect guide,
+  developers.google.com/identity/openid-connect/openid-connect, "prompt"). The errors are
+  OpenID Connect Core 3.1.2.6's `login_required` and `consent_required`. Who is signed in
+  is the sandbox's session cookie (set by the consent page) or the `login_hint`.
+- A refresh may name a `scope` narrower than the grant (RFC 6749 section 6; google-auth
+  sends its credentials' scopes: "If present, all scopes must be authorized for the refresh
+  token", `google.oauth2._client.refresh_grant`); unknown names are `invalid_scope`.
+- Discovery: every endpoint lives under the same root as the discovery document, so a
+  sandbox mounted under a prefix (dev mode's `/sandbox`) names working URLs.
 """
 
 from __future__ import annotations
@@ -15,12 +31,21 @@ from urllib.parse import unquote, urlencode
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from joserfc import jwt
 
+from google_sandbox import identity
+from google_sandbox.consent import consent_page
 from google_sandbox.errors import NO_STORE, error_page, google_api_error, oauth_error
-from google_sandbox.state import BASIC_SCOPES, KNOWN_SCOPES, AuthCode, Grant, SandboxState
+from google_sandbox.scopes import (
+    SIGN_IN_SCOPES,
+    google_name,
+    granted_names,
+    invalid_scope_description,
+    unknown,
+)
+from google_sandbox.state import AccessToken, AuthCode, Grant, SandboxState, SandboxUser
 
 AUTHORIZE_PATH = "/o/oauth2/v2/auth"
+SESSION_COOKIE = "SANDBOX_SID"
 
 
 def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, str] | JSONResponse:
@@ -56,9 +81,9 @@ def _validate_authorization(state: SandboxState, params: dict[str, str]) -> Resp
     scopes = params.get("scope", "").split()
     if not scopes:
         return error_page(400, "invalid_request", "Missing required parameter: scope")
-    unknown = [scope for scope in scopes if scope not in KNOWN_SCOPES]
-    if unknown:
-        return error_page(400, "invalid_scope", f"Some requested scopes were invalid: {unknown}")
+    invalid = unknown(scopes)
+    if invalid:
+        return error_page(400, "invalid_scope", invalid_scope_description(invalid))
     method = params.get("code_challenge_method")
     if params.get("code_challenge") and method not in (None, "S256", "plain"):
         return error_page(400, "invalid_request", "Invalid code_challenge_method.")
@@ -67,85 +92,70 @@ def _validate_authorization(state: SandboxState, params: dict[str, str]) -> Resp
     return None
 
 
-_CONSENT_STYLE = """
-body{font-family:system-ui,sans-serif;max-width:34rem;margin:3rem auto;color:#202124}
-label{display:block;margin:.4rem 0}
-fieldset{border:1px solid #dadce0;border-radius:8px;margin:1rem 0}
-button{padding:.5rem 1.2rem;margin-right:.5rem;border-radius:4px;border:1px solid #1a73e8}
-.allow{background:#1a73e8;color:#fff}
-"""
-
-
-def _consent_page(state: SandboxState, action: str, params: dict[str, str]) -> HTMLResponse:
-    hidden = "".join(
-        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
-        for k, v in params.items()
-    )
-    hint = params.get("login_hint", "").lower()
-    accounts = "".join(
-        f'<label class="account"><input type="radio" name="email" value="{html.escape(email)}"'
-        f"{' checked' if email == hint else ''}> {html.escape(user.name)} "
-        f"&lt;{html.escape(email)}&gt;</label>"
-        for email, user in sorted(state.users.items())
-    )
-    scopes = "".join(
-        f'<label><input type="checkbox" name="granted_scope" value="{html.escape(scope)}" checked'
-        f"{' disabled' if scope in BASIC_SCOPES else ''}> {html.escape(scope)}</label>"
-        + (
-            f'<input type="hidden" name="granted_scope" value="{scope}">'
-            if scope in BASIC_SCOPES
-            else ""
-        )
-        for scope in params.get("scope", "").split()
-    )
-    client = html.escape(params.get("client_id", ""))
-    new_email = html.escape(hint if hint and hint not in state.users else "")
-    return HTMLResponse(
-        f"""<!doctype html><html><head><meta charset="utf-8">
-<title>Sign in - Sandbox Google</title><style>{_CONSENT_STYLE}</style></head><body>
-<h1>Sandbox Google</h1><p><b>{client}</b> wants to access your Google Account.</p>
-<form method="post" action="{html.escape(action)}">{hidden}
-<fieldset><legend>Choose an account</legend>{accounts}
-<label>or use another account: <input type="email" name="email_other" value="{new_email}"
- placeholder="someone@example.com"></label></fieldset>
-<fieldset><legend>Allow access to</legend>{scopes}</fieldset>
-<button class="allow" name="decision" value="allow">Allow</button>
-<button name="decision" value="deny">Cancel</button></form>
-<p><small>This is the Token Broker sandbox, not Google. Nothing leaves this machine.</small></p>
-</body></html>"""
-    )
-
-
 def _redirect(redirect_uri: str, params: dict[str, str]) -> Response:
     separator = "&" if "?" in redirect_uri else "?"
     return RedirectResponse(redirect_uri + separator + urlencode(params), status_code=302)
 
 
+def _root_url(request: Request) -> str:
+    """Where this sandbox is served, its mount prefix (dev mode's `/sandbox`) included."""
+    root = request.scope.get("root_path", "")
+    return str(request.url.replace(path=root, query="", fragment="")).rstrip("/")
+
+
 def _issuer(state: SandboxState, request: Request) -> str:
-    return state.issuer or str(request.base_url).rstrip("/")
+    return state.issuer or _root_url(request)
 
 
-def _id_token(state: SandboxState, request: Request, grant: Grant, client_id: str) -> str:
-    user = state.users[grant.email]
-    now = int(time.time())
-    claims: dict[str, Any] = {
-        "iss": _issuer(state, request),
-        "azp": client_id,
-        "aud": client_id,
-        "sub": user.sub,
-        "iat": now,
-        "exp": now + 3600,
-    }
-    if "email" in grant.scopes:
-        claims.update(email=user.email, email_verified=True)
-    if "profile" in grant.scopes:
-        claims.update(name=user.name)
-    header = {"alg": "RS256", "kid": state.signing_key.kid}
-    return jwt.encode(header, claims, state.signing_key)
+def _signed_in(state: SandboxState, request: Request, login_hint: str) -> SandboxUser | None:
+    """The user a silent authorization is for: the login_hint, else the session cookie."""
+    email = login_hint.strip().lower() or state.sessions.get(
+        request.cookies.get(SESSION_COOKIE, ""), ""
+    )
+    return state.users.get(email)
+
+
+def _code_redirect(
+    state: SandboxState, params: dict[str, str], code: AuthCode, *, prompt: str
+) -> Response:
+    value = state.issue_code(code)
+    if code.redirect_uri == "postmessage":
+        # Google's popup code client hands the code to the opener window.
+        message = json.dumps({"code": value, "scope": " ".join(sorted(code.scopes))})
+        return HTMLResponse(
+            "<!doctype html><p>Authorization code ready.</p>"
+            f'<code id="code" data-code="{html.escape(value)}"></code>'
+            f"<script>window.opener&&window.opener.postMessage({message},'*')</script>"
+        )
+    answer = {"state": params["state"]} if "state" in params else {}
+    return _redirect(
+        code.redirect_uri,
+        {
+            **answer,
+            "code": value,
+            "scope": " ".join(sorted(code.scopes)),
+            "authuser": "0",
+            "prompt": prompt,
+        },
+    )
 
 
 def oauth_router(state: SandboxState) -> APIRouter:
     router = APIRouter(tags=["oauth"])
+
+    def silent_authorization(request: Request, params: dict[str, str]) -> Response:
+        """prompt=none: a code at once for a signed-in user whose grant covers the request."""
+        answer = {"state": params["state"]} if "state" in params else {}
+        user = _signed_in(state, request, params.get("login_hint", ""))
+        if user is None:
+            return _redirect(params["redirect_uri"], {"error": "login_required", **answer})
+        requested = granted_names(params["scope"].split())
+        grant = state.live_grant(user.email, params["client_id"])
+        if grant is None or not requested <= grant.scopes:
+            return _redirect(params["redirect_uri"], {"error": "consent_required", **answer})
+        scopes = grant.scopes if params.get("include_granted_scopes") == "true" else requested
+        code = _auth_code(state, params, user, scopes, consented=False)
+        return _code_redirect(state, params, code, prompt="none")
 
     @router.get(AUTHORIZE_PATH, response_class=HTMLResponse, summary="Authorization endpoint")
     async def authorize(request: Request) -> Response:
@@ -154,11 +164,8 @@ def oauth_router(state: SandboxState) -> APIRouter:
         if problem is not None:
             return problem
         if params.get("prompt") == "none":
-            return _redirect(
-                params["redirect_uri"],
-                {"error": "consent_required", "state": params.get("state", "")},
-            )
-        return _consent_page(state, str(request.url.path), params)
+            return silent_authorization(request, params)
+        return consent_page(state, str(request.url.path), params)
 
     @router.post(
         AUTHORIZE_PATH, summary="Consent decision (the consent form, or a test, posts here)"
@@ -181,49 +188,26 @@ def oauth_router(state: SandboxState) -> APIRouter:
         if "@" not in email:
             return error_page(400, "invalid_request", "Choose an account to continue.")
         user = state.add_user(email)
-        requested = set(params["scope"].split())
-        ticked = {str(scope) for scope in form.getlist("granted_scope")}
-        granted = (requested & ticked if ticked else requested) | (requested & BASIC_SCOPES)
+        requested = granted_names(params["scope"].split())
+        ticked = {google_name(str(scope)) for scope in form.getlist("granted_scope")}
+        granted = (requested & ticked if ticked else requested) | (requested & SIGN_IN_SCOPES)
         existing = state.live_grant(user.email, params["client_id"])
         if existing is not None and params.get("include_granted_scopes") == "true":
             granted |= existing.scopes
-        offline = params.get("access_type") == "offline"
         forced = (
             "consent" in params.get("prompt", "").split()
             or params.get("approval_prompt") == "force"
         )
-        code = state.issue_code(
-            AuthCode(
-                client_id=params["client_id"],
-                redirect_uri=redirect_uri,
-                email=user.email,
-                scopes=granted,
-                code_challenge=params.get("code_challenge"),
-                code_challenge_method=params.get("code_challenge_method", "plain")
-                if params.get("code_challenge")
-                else None,
-                issue_refresh_token=offline and (existing is None or forced),
-                expires_at=time.time() + state.code_ttl,
-            )
+        code = _auth_code(state, params, user, granted, consented=existing is None or forced)
+        response = _code_redirect(state, params, code, prompt="consent")
+        response.set_cookie(
+            SESSION_COOKIE,
+            state.sign_in(user.email),
+            path=request.scope.get("root_path") or "/",
+            httponly=True,
+            samesite="lax",
         )
-        if redirect_uri == "postmessage":
-            # Google's popup code client hands the code to the opener window.
-            message = json.dumps({"code": code, "scope": " ".join(sorted(granted))})
-            return HTMLResponse(
-                "<!doctype html><p>Authorization code ready.</p>"
-                f'<code id="code" data-code="{html.escape(code)}"></code>'
-                f"<script>window.opener&&window.opener.postMessage({message},'*')</script>"
-            )
-        return _redirect(
-            redirect_uri,
-            {
-                **answer,
-                "code": code,
-                "scope": " ".join(sorted(granted)),
-                "authuser": "0",
-                "prompt": "consent",
-            },
-        )
+        return response
 
     @router.post("/token", summary="Token endpoint")
     async def token(request: Request) -> Response:
@@ -262,7 +246,7 @@ def oauth_router(state: SandboxState) -> APIRouter:
         if code.used or code.expires_at <= time.time() or code.client_id != client_id:
             return oauth_error(400, "invalid_grant", "Bad Request")
         if form["redirect_uri"] != code.redirect_uri:
-            return oauth_error(400, "invalid_grant", "Bad Request")
+            return oauth_error(400, "redirect_uri_mismatch", "Bad Request")
         code.used = True
         if code.code_challenge is not None:
             verifier = form.get("code_verifier")
@@ -280,7 +264,7 @@ def oauth_router(state: SandboxState) -> APIRouter:
             grant = state.new_grant(code.email, client_id, set(code.scopes))
         grant.scopes = set(code.scopes)
         refresh_token = state.issue_refresh_token(grant) if code.issue_refresh_token else None
-        return _token_answer(request, grant, client_id, refresh_token)
+        return _token_answer(request, grant, grant.scopes, client_id, refresh_token, code.nonce)
 
     def _refresh(request: Request, client_id: str, form: dict[str, str]) -> Response:
         presented = form.get("refresh_token")
@@ -295,27 +279,49 @@ def oauth_router(state: SandboxState) -> APIRouter:
             return oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
         if grant.client_id != client_id:
             return oauth_error(401, "unauthorized_client", "Unauthorized")
+        scopes = set(grant.scopes)
+        if form.get("scope", "").strip():
+            asked = form["scope"].split()
+            invalid = unknown(asked)
+            if invalid:
+                return oauth_error(400, "invalid_scope", invalid_scope_description(invalid))
+            scopes = {google_name(scope) for scope in asked}
+            if not scopes <= grant.scopes:
+                return oauth_error(400, "invalid_scope", "Bad Request")
         refresh_token = None
         if state.rotate_refresh_tokens:
             grant.refresh_tokens.discard(presented)
             grant.rotated_refresh_tokens.add(presented)
             refresh_token = state.issue_refresh_token(grant)  # saves the rotation too
-        return _token_answer(request, grant, client_id, refresh_token)
+        return _token_answer(request, grant, scopes, client_id, refresh_token, None)
 
     def _token_answer(
-        request: Request, grant: Grant, client_id: str, refresh_token: str | None
+        request: Request,
+        grant: Grant,
+        scopes: set[str],
+        client_id: str,
+        refresh_token: str | None,
+        nonce: str | None,
     ) -> Response:
-        access_token, lifetime = state.issue_access_token(grant)
+        access_token, lifetime = state.issue_access_token(grant, scopes)
         body: dict[str, Any] = {
             "access_token": access_token,
             "expires_in": lifetime,
-            "scope": " ".join(sorted(grant.scopes)),
+            "scope": " ".join(sorted(scopes)),
             "token_type": "Bearer",
         }
         if refresh_token is not None:
             body["refresh_token"] = refresh_token
-        if "openid" in grant.scopes:
-            body["id_token"] = _id_token(state, request, grant, client_id)
+        if "openid" in scopes:
+            body["id_token"] = identity.id_token(
+                state.signing_keys.current,
+                issuer=_issuer(state, request),
+                client_id=client_id,
+                user=state.users[grant.email],
+                scopes=scopes,
+                access_token=access_token,
+                nonce=nonce,
+            )
         return JSONResponse(body, headers=NO_STORE)
 
     @router.post("/revoke", summary="Revoke a grant by its access or refresh token")
@@ -333,7 +339,7 @@ def oauth_router(state: SandboxState) -> APIRouter:
         state.revoke_grant(grant)
         return JSONResponse({})
 
-    def _bearer_user(request: Request) -> tuple[Any, Any] | None:
+    def _bearer_user(request: Request) -> tuple[AccessToken, SandboxUser] | None:
         header = request.headers.get("authorization", "")
         if not header.lower().startswith("bearer "):
             return None
@@ -343,6 +349,9 @@ def oauth_router(state: SandboxState) -> APIRouter:
         return access, state.users[state.grants[access.grant_id].email]
 
     @router.api_route("/v1/userinfo", methods=["GET", "POST"], summary="OpenID Connect userinfo")
+    @router.api_route(
+        "/oauth2/v3/userinfo", methods=["GET", "POST"], summary="OpenID Connect userinfo (v3)"
+    )
     async def userinfo(request: Request) -> Response:
         found = _bearer_user(request)
         if found is None:
@@ -352,12 +361,7 @@ def oauth_router(state: SandboxState) -> APIRouter:
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
         access, user = found
-        body: dict[str, Any] = {"sub": user.sub}
-        if "email" in access.scopes:
-            body.update(email=user.email, email_verified=True)
-        if "profile" in access.scopes:
-            body.update(name=user.name, given_name=user.name.split()[0])
-        return JSONResponse(body)
+        return JSONResponse(identity.oidc_userinfo(user, access.scopes))
 
     @router.get("/oauth2/v2/userinfo", summary="Userinfo, v2 shape (id instead of sub)")
     async def userinfo_v2(request: Request) -> Response:
@@ -365,23 +369,19 @@ def oauth_router(state: SandboxState) -> APIRouter:
         if found is None:
             return google_api_error(401)
         access, user = found
-        body: dict[str, Any] = {"id": user.sub}
-        if "email" in access.scopes:
-            body.update(email=user.email, verified_email=True)
-        if "profile" in access.scopes:
-            body.update(name=user.name)
-        return JSONResponse(body)
+        return JSONResponse(identity.v2_userinfo(user, access.scopes))
 
-    @router.get("/oauth2/v3/certs", summary="JSON Web Key Set")
+    @router.get("/oauth2/v3/certs", summary="Signing keys as a JSON Web Key Set")
     async def certs() -> Response:
-        return JSONResponse(
-            {"keys": [state.signing_key.as_dict(private=False)]},
-            headers={"Cache-Control": "public, max-age=3600"},
-        )
+        return JSONResponse(state.signing_keys.jwks(), headers=CERTS_CACHE)
+
+    @router.get("/oauth2/v1/certs", summary="Signing keys as {kid: PEM certificate}")
+    async def certs_v1() -> Response:
+        return JSONResponse(state.signing_keys.certificates(), headers=CERTS_CACHE)
 
     @router.get("/.well-known/openid-configuration", summary="OpenID Connect discovery")
     async def discovery(request: Request) -> Response:
-        base = str(request.base_url).rstrip("/")
+        base = _root_url(request)
         return JSONResponse(
             {
                 "issuer": _issuer(state, request),
@@ -403,6 +403,8 @@ def oauth_router(state: SandboxState) -> APIRouter:
                     "email",
                     "email_verified",
                     "exp",
+                    "family_name",
+                    "given_name",
                     "iat",
                     "iss",
                     "name",
@@ -414,3 +416,30 @@ def oauth_router(state: SandboxState) -> APIRouter:
         )
 
     return router
+
+
+CERTS_CACHE = {"Cache-Control": "public, max-age=3600, must-revalidate, no-transform"}
+
+
+def _auth_code(
+    state: SandboxState,
+    params: dict[str, str],
+    user: SandboxUser,
+    scopes: set[str],
+    *,
+    consented: bool,
+) -> AuthCode:
+    """A code for `user`; it carries a refresh token only for offline access on consent."""
+    return AuthCode(
+        client_id=params["client_id"],
+        redirect_uri=params["redirect_uri"],
+        email=user.email,
+        scopes=set(scopes),
+        code_challenge=params.get("code_challenge"),
+        code_challenge_method=params.get("code_challenge_method", "plain")
+        if params.get("code_challenge")
+        else None,
+        issue_refresh_token=params.get("access_type") == "offline" and consented,
+        expires_at=time.time() + state.code_ttl,
+        nonce=params.get("nonce"),
+    )

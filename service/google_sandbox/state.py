@@ -10,20 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from joserfc.jwk import RSAKey
-
+from google_sandbox.keys import SigningKeys
 from google_sandbox.mailbox import Message, PageTokens, SearchCache, generate_mailbox
+from google_sandbox.scopes import granted_names
 
-GMAIL_SCOPE_PREFIX = "https://www.googleapis.com/auth/gmail."
-BASIC_SCOPES = frozenset({"openid", "email", "profile"})
-KNOWN_SCOPES = BASIC_SCOPES | {
-    "https://www.googleapis.com/auth/userinfo.email",
-    "https://www.googleapis.com/auth/userinfo.profile",
-    "https://www.googleapis.com/auth/gmail.readonly",
-    "https://www.googleapis.com/auth/gmail.metadata",
-    "https://www.googleapis.com/auth/gmail.modify",
-    "https://mail.google.com/",
-}
 DEFAULT_MAILBOX_SIZE = 1200
 
 
@@ -74,6 +64,7 @@ class AuthCode:
     code_challenge_method: str | None
     issue_refresh_token: bool
     expires_at: float
+    nonce: str | None = None
     used: bool = False
 
 
@@ -144,12 +135,12 @@ class SandboxState:
         self.codes: dict[str, AuthCode] = {}
         self.grants: dict[str, Grant] = {}
         self.access_tokens: dict[str, AccessToken] = {}
+        # Who signed in on the consent page, by session cookie (prompt=none reads it).
+        self.sessions: dict[str, str] = {}
         self.faults: list[FaultRule] = []
         self.calls: Counter[str] = Counter()
         self.call_log: deque[Call] = deque(maxlen=100_000)
-        self.signing_key = RSAKey.generate_key(
-            2048, parameters={"kid": _random("sandbox-", 12), "use": "sig", "alg": "RS256"}
-        )
+        self.signing_keys = SigningKeys()
         self.page_tokens = PageTokens(secrets.token_bytes(32))
         self.searches = SearchCache()
         # Called when clients, users or grants change (dev mode saves them to disk).
@@ -194,7 +185,7 @@ class SandboxState:
         """Forget users, grants, tokens, faults and counters; keep clients and signing key."""
         self.access_token_lifetime = 3599
         self.rotate_refresh_tokens = False
-        for collection in (self.users, self.codes, self.grants, self.access_tokens):
+        for collection in (self.users, self.codes, self.grants, self.access_tokens, self.sessions):
             collection.clear()
         self.faults.clear()
         self.calls.clear()
@@ -220,11 +211,19 @@ class SandboxState:
         self.codes[value] = code
         return value
 
-    def issue_access_token(self, grant: Grant) -> tuple[str, int]:
+    def issue_access_token(self, grant: Grant, scopes: set[str] | None = None) -> tuple[str, int]:
+        """An access token for the grant's scopes, or the narrower `scopes` a refresh asked for."""
         token = _random("ya29.sandbox-", 64)
         lifetime = self.access_token_lifetime
-        self.access_tokens[token] = AccessToken(grant.id, set(grant.scopes), time.time() + lifetime)
+        granted = set(grant.scopes if scopes is None else scopes)
+        self.access_tokens[token] = AccessToken(grant.id, granted, time.time() + lifetime)
         return token, lifetime
+
+    def sign_in(self, email: str) -> str:
+        """A session for `email`, as Google's sign-in cookie would carry."""
+        session = secrets.token_urlsafe(24)
+        self.sessions[session] = email
+        return session
 
     def issue_refresh_token(self, grant: Grant) -> str:
         token = _random("1//sandbox-", 64)
@@ -325,7 +324,8 @@ class SandboxState:
                 id=grant["id"],
                 email=grant["email"],
                 client_id=grant["client_id"],
-                scopes=set(grant["scopes"]),
+                # Grants saved before the sandbox spoke Google's scope names.
+                scopes=granted_names(grant["scopes"]),
                 refresh_tokens=set(grant["refresh_tokens"]),
                 rotated_refresh_tokens=set(grant["rotated_refresh_tokens"]),
                 revoked=grant["revoked"],
