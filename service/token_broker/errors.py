@@ -100,6 +100,13 @@ class ScopeNotAllowed(BrokerError):
     default_detail = "Only scopes configured in TOKEN_BROKER_SCOPES may be requested."
 
 
+class UnknownLabel(BrokerError):
+    status = 400
+    code = "unknown_label"
+    title = "Unknown label"
+    default_detail = "A labelIds value is not a label of this mailbox (see label_id)."
+
+
 class Unauthenticated(BrokerError):
     status = 401
     code = "unauthenticated"

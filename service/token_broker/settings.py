@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from token_broker.scopes import missing as missing_scopes
+
 ENV_PREFIX = "TOKEN_BROKER_"
 
 GOOGLE_AUTH_URI = "https://accounts.google.com/o/oauth2/v2/auth"
@@ -276,7 +278,7 @@ class Settings(BaseSettings):
                 f"{env_name('redirect_uri')}: required; the callback URL registered with Google "
                 "(or redirect_uris in the client secrets file)"
             )
-        missing = [scope for scope in self.required_scopes if scope not in self.scopes]
+        missing = missing_scopes(self.required_scopes, self.scopes)
         if missing:
             problems.append(
                 f"{env_name('scopes')}: must include the required scopes {' '.join(missing)}"

@@ -67,7 +67,13 @@ async def test_connect_stores_an_encrypted_refresh_token(live: Live) -> None:
     account = await live.stored(user.sub)
     assert account.status == "active"
     assert account.email == "alice@example.com"
-    assert set(account.scopes.split()) == {"openid", "email", "profile", GMAIL}
+    # Google's spelling: email and profile by their userinfo URLs.
+    assert set(account.scopes.split()) == {
+        "openid",
+        "https://www.googleapis.com/auth/userinfo.email",
+        "https://www.googleapis.com/auth/userinfo.profile",
+        GMAIL,
+    }
     (grant,) = live.provider.state.grants.values()
     (refresh_token,) = grant.refresh_tokens
     assert account.refresh_token is not None

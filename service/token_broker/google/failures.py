@@ -17,11 +17,12 @@ from token_broker.errors import (
     CodeExchangeFailed,
     ProviderRejectedClient,
     ReauthorizationRequired,
+    UnknownLabel,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
-from token_broker.google.gmail import GmailError
+from token_broker.google.gmail import GmailError, GmailUnknownLabel
 from token_broker.google.oauth import IdTokenInvalid, OAuthError
 from token_broker.google.transport import UpstreamProtocolError
 from token_broker.kit.retry import RetriesExhausted, TransientError
@@ -66,6 +67,12 @@ def problem_for(error: Exception, step: Step) -> BrokerError:
         return UpstreamUnavailable(_NO_ANSWER[step], retry_after=error.retry_after)
     if isinstance(error, TransientError):
         return UpstreamUnavailable(_NO_ANSWER[step], retry_after=error.suggested_retry_after())
+    if isinstance(error, GmailUnknownLabel):
+        return UnknownLabel(
+            f"Gmail has no label {error.label_id!r} in this mailbox; labelIds takes label ids "
+            "(INBOX, Label_12), not label names.",
+            label_id=error.label_id,
+        )
     if isinstance(error, GmailError):
         return UpstreamError(
             f"Gmail refused the listing ({error.status} {error.reason}).",

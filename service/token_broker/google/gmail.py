@@ -35,11 +35,32 @@ class GmailError(Exception):
         super().__init__(f"gmail: HTTP {status} {reason}")
 
 
+class GmailUnknownLabel(GmailError):
+    """400 "Invalid label: <id>" naming one of the labelIds the broker sent (the caller's own)."""
+
+    def __init__(self, label_id: str) -> None:
+        super().__init__(400, "invalidArgument")
+        self.label_id = label_id
+
+
+_INVALID_LABEL = re.compile(r"^Invalid label: (.+)$")
+
+
 @dataclass(frozen=True, slots=True)
 class MessagePage:
     messages: list[dict[str, str]]
     next_page_token: str | None
     result_size_estimate: int
+
+
+def _unknown_label(body: dict[str, Any], sent: list[str]) -> str | None:
+    """The label Gmail refused, if it is one the broker sent (so nothing of Gmail is echoed)."""
+    error = body.get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+    match = _INVALID_LABEL.match(message) if isinstance(message, str) else None
+    if match is not None and match.group(1) in sent:
+        return match.group(1)
+    return None
 
 
 def _reason(body: dict[str, Any]) -> str:
@@ -93,6 +114,10 @@ class GmailClient:
         if response.status_code == 401:
             raise GmailUnauthorized()
         reason = _reason(body)
+        if response.status_code == 400:
+            label_id = _unknown_label(body, label_ids or [])
+            if label_id is not None:
+                raise GmailUnknownLabel(label_id)
         if response.status_code == 403 and reason in RATE_LIMIT_REASONS:
             raise TransientError(
                 f"gmail: HTTP 403 {reason}",

@@ -30,6 +30,9 @@ from token_broker.kit.retry import TransientError
 from token_broker.settings import GOOGLE_ISSUER, Settings
 
 MAX_TOKEN_LIFETIME = 86_400
+# Google rotates its signing keys (about daily), so an unknown `kid` refetches the key set;
+# a forged kid must not make every request refetch, so at most once per this interval.
+JWKS_REFETCH_INTERVAL_SECONDS = 10.0
 
 
 class OAuthError(Exception):
@@ -276,8 +279,7 @@ class OAuthClient:
         async with self._jwks_lock:
             age = time.monotonic() - self._jwks_fetched_at
             stale = self._jwks is None or age > self.settings.jwks_cache_seconds
-            # A forged kid must not make every request refetch: at most every 10 s.
-            if stale or (refresh and age > 10):
+            if stale or (refresh and age > JWKS_REFETCH_INTERVAL_SECONDS):
                 response = await self.upstream.send("jwks", "GET", self.settings.jwks_uri)
                 if response.status_code != 200:
                     raise UpstreamProtocolError(f"jwks: HTTP {response.status_code}")

@@ -14,6 +14,8 @@ from pydantic import SecretStr
 from token_broker.errors import ReturnToNotAllowed, ScopeNotAllowed
 from token_broker.google.oauth import OAuthClient, PkcePair
 from token_broker.kit.clock import utcnow
+from token_broker.scopes import google_name, google_names
+from token_broker.scopes import missing as missing_scopes
 from token_broker.services.audit import Action, write_audit
 from token_broker.services.return_to import return_to_allowed
 from token_broker.settings import Settings
@@ -122,10 +124,10 @@ class AuthorizationService:
         allowed = self.settings.scopes
         if requested is None:
             return list(allowed)
-        unknown = sorted(set(requested) - set(allowed))
+        unknown = sorted(set(missing_scopes(requested, allowed)))
         if unknown:
             raise ScopeNotAllowed(
                 f"not in TOKEN_BROKER_SCOPES: {' '.join(unknown)}", scopes_not_allowed=unknown
             )
-        wanted = set(requested) | set(self.settings.required_scopes)
-        return [scope for scope in allowed if scope in wanted]
+        wanted = set(google_names([*requested, *self.settings.required_scopes]))
+        return [scope for scope in allowed if google_name(scope) in wanted]

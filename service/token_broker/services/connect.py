@@ -26,6 +26,8 @@ from token_broker.errors import (
 )
 from token_broker.google.failures import UPSTREAM_FAILURES, problem_for
 from token_broker.google.oauth import OAuthClient, TokenGrant
+from token_broker.scopes import google_names
+from token_broker.scopes import missing as missing_scopes
 from token_broker.services.account_states import AccountStates, NoStoredRefreshToken
 from token_broker.services.audit import Action, write_audit
 from token_broker.services.authorizations import AuthorizationService
@@ -144,8 +146,8 @@ class ConnectService:
     ) -> Account:
         grant = await self._exchange_code(code, redirect_uri, code_verifier, login_hint)
         subject, email = await self._identify(grant)
-        granted = set(grant.scopes) if grant.scopes is not None else set(self.settings.scopes)
-        missing = [scope for scope in self.settings.required_scopes if scope not in granted]
+        granted = grant.scopes if grant.scopes is not None else self.settings.scopes
+        missing = missing_scopes(self.settings.required_scopes, granted)
         if missing:
             raise ScopeNotGranted(
                 f"The user did not grant {' '.join(missing)}; nothing was stored.",
@@ -196,7 +198,8 @@ class ConnectService:
     async def _store(
         self, grant: TokenGrant, subject: str, email: str | None, client_id: str | None
     ) -> Account:
-        scopes = grant.scopes or self.settings.scopes
+        # Stored, and so shown, in Google's spelling whichever one was configured or answered.
+        scopes = google_names(grant.scopes or self.settings.scopes)
         # A concurrent first connect of the same subject loses the insert race once;
         # the retry finds the row and updates it.
         for attempt in range(2):
@@ -207,7 +210,7 @@ class ConnectService:
                         subject=subject,
                         email=email,
                         grant=grant,
-                        scopes=tuple(scopes),
+                        scopes=scopes,
                         client_id=client_id,
                     )
             except NoStoredRefreshToken:

@@ -35,6 +35,9 @@ class Problem(BaseModel):
         default=None, description="Where to send the user to (re)connect the account."
     )
     retry_after: int | None = Field(default=None, description="Seconds to wait before retrying.")
+    label_id: str | None = Field(
+        default=None, description="`unknown_label`: the labelIds value Gmail does not know."
+    )
     errors: list[dict[str, Any]] | None = Field(
         default=None, description="Validation errors: location and message."
     )

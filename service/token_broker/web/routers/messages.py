@@ -16,6 +16,7 @@ from token_broker.errors import (
     InternalError,
     ProviderRejectedClient,
     ReauthorizationRequired,
+    UnknownLabel,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamUnavailable,
@@ -49,6 +50,7 @@ _NDJSON_DOC = (
         **problem_responses(
             *caller_problems(),
             AccountNotFound,
+            UnknownLabel,
             ReauthorizationRequired,
             UpstreamRateLimited,
             ProviderRejectedClient,
