@@ -139,6 +139,24 @@ def test_development_does_not_require_a_keyring(secrets_file: Path) -> None:
     assert settings.serving_problems() == []
 
 
+def test_required_scopes_are_checked_through_the_equivalence_rule(
+    secrets_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """email is …/userinfo.email: requestable under either spelling; a real gap still counts."""
+    monkeypatch.setenv("TOKEN_BROKER_SCOPES", f"openid email profile {GMAIL_READONLY_SCOPE}")
+    monkeypatch.setenv(
+        "TOKEN_BROKER_REQUIRED_SCOPES",
+        f"https://www.googleapis.com/auth/userinfo.email {GMAIL_READONLY_SCOPE}",
+    )
+    settings = load_settings(environment="development", google_client_secrets_file=secrets_file)
+    assert settings.serving_problems() == []
+    monkeypatch.setenv("TOKEN_BROKER_REQUIRED_SCOPES", "https://mail.google.com/")
+    settings = load_settings(environment="development", google_client_secrets_file=secrets_file)
+    (problem,) = settings.serving_problems()
+    assert "TOKEN_BROKER_SCOPES" in problem
+    assert "https://mail.google.com/" in problem
+
+
 def test_secrets_do_not_appear_in_repr_or_errors(
     secrets_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

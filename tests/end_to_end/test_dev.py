@@ -76,6 +76,15 @@ async def test_the_printed_steps_work_and_survive_a_restart(tmp_path: Path) -> N
             httpx.AsyncClient(base_url=dev.url, headers=headers) as client,
             httpx.AsyncClient() as browser,
         ):
+            # Discovery under the /sandbox mount names endpoints that answer (not 404s).
+            doc = (await browser.get(f"{dev.url}/sandbox/.well-known/openid-configuration")).json()
+            assert doc["issuer"] == f"{dev.url}/sandbox"
+            assert doc["jwks_uri"] == f"{dev.url}/sandbox/oauth2/v3/certs"
+            assert len((await browser.get(doc["jwks_uri"])).json()["keys"]) == 2
+            refused = await browser.post(doc["token_endpoint"], data={"grant_type": "x"})
+            assert refused.json()["error"] == "invalid_client"
+            assert (await browser.get(doc["userinfo_endpoint"])).status_code == 401
+            assert (await browser.get(doc["authorization_endpoint"])).status_code == 401
             # 1. Start connecting an account.
             started = await client.post(
                 "/v1/authorizations", json={"login_hint": "alice@example.com"}

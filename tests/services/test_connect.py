@@ -11,6 +11,7 @@ from sqlmodel import select
 
 from tests.support.flow import Live
 from tests.support.hygiene import register_secret
+from token_broker.google.oauth import JWKS_REFETCH_INTERVAL_SECONDS
 from token_broker.kit.clock import utcnow
 from token_broker.services.api_keys import Permission
 from token_broker.services.authorizations import hash_state
@@ -303,3 +304,34 @@ async def test_accounts_listing_pages_and_filters(live: Live) -> None:
     missing = await live.broker.client.get("/v1/accounts/nobody@example.com", headers=headers)
     assert missing.status_code == 404
     assert missing.json()["code"] == "account_not_found"
+
+
+async def test_rotated_signing_keys_are_refetched_at_most_once_per_interval(live: Live) -> None:
+    """Google rotates its keys: an unknown kid refetches the key set, but not more than once
+    per JWKS_REFETCH_INTERVAL_SECONDS, however many tokens name kids the set lacks."""
+    oauth = live.broker.state.connect.oauth
+    calls = live.provider.state.calls
+
+    async def rotate() -> None:
+        rotated = await live.browser.post(f"{live.provider.url}/_sandbox/keys/rotate")
+        assert rotated.status_code == 200
+
+    def interval_passes() -> None:
+        oauth._jwks_fetched_at -= JWKS_REFETCH_INTERVAL_SECONDS + 1
+
+    assert (await live.connect("alice@example.com")).status_code == 200
+    assert calls["jwks"] == 1
+    await rotate()
+    interval_passes()
+    assert (await live.connect("bob@example.com")).status_code == 200
+    assert calls["jwks"] == 2  # the new kid was unknown: one refetch
+
+    await rotate()  # again, right after that refetch
+    for _ in range(2):
+        refused = await live.connect("carol@example.com")
+        assert refused.status_code == 502
+        assert "upstream_error" in refused.text
+    assert calls["jwks"] == 2  # within the interval: no refetch, however often asked
+    interval_passes()
+    assert (await live.connect("carol@example.com")).status_code == 200
+    assert calls["jwks"] == 3

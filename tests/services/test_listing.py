@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any
@@ -13,6 +14,7 @@ from sqlmodel import select
 from google_sandbox.mailbox import generate_mailbox
 from google_sandbox.state import FaultRule
 from tests.support.flow import Live
+from tests.support.hygiene import register_secret
 from tests.support.polling import eventually
 from tests.support.servers import serve
 from token_broker.store.models import AuditEvent
@@ -292,3 +294,73 @@ async def test_client_disconnect_stops_the_paging(live: Live) -> None:
     assert event.outcome == "client_disconnected"
     assert event.detail["pages"] < 50
     assert state.calls[LIST] <= event.detail["pages"] + 1
+
+
+@pytest.mark.parametrize("ndjson", [False, True], ids=["json", "ndjson"])
+async def test_an_unknown_label_is_a_400_naming_it(live: Live, ndjson: bool) -> None:
+    """Gmail's 400 "Invalid label: X" is the caller's mistake: a documented 4xx, not a 502."""
+    subject = await connect(live, 100)
+    accept = {"Accept": "application/x-ndjson"} if ndjson else {}
+    response = await live.broker.client.get(
+        f"/v1/accounts/{subject}/messages",
+        params=[("labelIds", "INBOX"), ("labelIds", "Receipts")],
+        headers={**await live.headers(), **accept},
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["code"] == "unknown_label"
+    assert problem["label_id"] == "Receipts"
+    assert "Receipts" in problem["detail"]
+    assert live.provider.state.calls[LIST] == 1  # not retried
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {},
+        {"includeSpamTrash": True},
+        {"q": "is:unread"},
+        {"labelIds": ["INBOX", "CATEGORY_UPDATES"]},
+        {"q": "from:github -is:starred", "includeSpamTrash": True},
+        {"q": "zzzznomatch"},
+    ],
+    ids=["all", "spam-trash", "q", "labels", "q-spam-trash", "none"],
+)
+async def test_the_listing_is_identical_to_googles_client(
+    live: Live, query: dict[str, Any]
+) -> None:
+    """google-api-python-client's list/list_next over the same mailbox lists the same ids."""
+    from google.oauth2.credentials import Credentials
+    from googleapiclient.discovery import build
+
+    subject = await connect(live, 1_234)
+    issued = await live.broker.client.get(
+        f"/v1/accounts/{subject}/access-token", headers=await live.headers()
+    )
+    token = register_secret(issued.json()["access_token"])
+
+    def googles_listing() -> list[dict[str, str]]:
+        # pageToken by hand: list_next cannot rebuild a URL with a repeated labelIds.
+        service = build(
+            "gmail", "v1", credentials=Credentials(token), static_discovery=True,
+            cache_discovery=False, client_options={"api_endpoint": live.provider.url + "/"},
+        )  # fmt: skip
+        found: list[dict[str, str]] = []
+        page: dict[str, Any] = {}
+        while True:
+            after = page.get("nextPageToken")
+            page = service.users().messages().list(userId="me", pageToken=after, **query).execute()
+            found += page.get("messages", [])
+            if "nextPageToken" not in page:
+                return found
+
+    expected = await asyncio.to_thread(googles_listing)
+    params = [(k, str(v).lower() if isinstance(v, bool) else v) for k, v in query.items()]
+    flat = [(k, item) for k, v in params for item in (v if isinstance(v, list) else [v])]
+    listed = await live.broker.client.get(
+        f"/v1/accounts/{subject}/messages", params=flat, headers=await live.headers()
+    )
+    assert listed.status_code == 200
+    assert listed.json()["messages"] == expected
+    assert listed.json()["count"] == len(expected)
