@@ -157,5 +157,8 @@ class MessageRef(BaseModel):
 class MessageList(BaseModel):
     messages: list[MessageRef]
     count: int
-    result_size_estimate: int = Field(description="Gmail's estimate from the first page.")
+    result_size_estimate: int = Field(
+        description="Gmail's estimate from the first page, not a count (Gmail answers 201 for "
+        "most non-empty queries); `count` is the number listed."
+    )
     pages: int = Field(description="Upstream pages fetched (500 messages each).")
