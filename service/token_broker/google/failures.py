@@ -68,7 +68,7 @@ def problem_for(error: Exception, step: Step) -> BrokerError:
         return UpstreamUnavailable(_NO_ANSWER[step], retry_after=error.suggested_retry_after())
     if isinstance(error, GmailError):
         return UpstreamError(
-            f"Gmail refused the listing ({error.status} {error.reason}).",
+            f"Gmail refused the request ({error.status} {error.reason}).",
             gmail_reason=error.reason,
         )
     if isinstance(error, IdTokenInvalid):
