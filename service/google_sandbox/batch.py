@@ -69,16 +69,21 @@ def parse_batch(content_type: str, body: bytes) -> list[BatchCall]:
     for part in envelope.get_payload():
         if isinstance(part, str):
             raise MalformedBatch("a batch part must hold one HTTP request")
-        payload = part.get_payload(decode=False)
-        if not isinstance(payload, str):
+        payload = part.get_payload(decode=True)  # the part's bytes, as sent
+        if not isinstance(payload, bytes):
             raise MalformedBatch("a batch part must hold one HTTP request")
         calls.append(_parse_call(part.get("Content-ID"), payload))
     return calls
 
 
-def _parse_call(content_id: str | None, text: str) -> BatchCall:
-    head, _, body = text.replace("\r\n", "\n").partition("\n\n")
-    lines = head.lstrip("\n").split("\n")
+def _parse_call(content_id: str | None, payload: bytes) -> BatchCall:
+    payload = payload.lstrip(b"\r\n")
+    head, body = payload, b""
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        if separator in payload:
+            head, _, body = payload.partition(separator)
+            break
+    lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
     request_line = lines[0].split(" ")
     if len(request_line) != 3 or not request_line[2].startswith("HTTP/"):
         raise MalformedBatch("a batch part does not start with an HTTP request line")
@@ -91,7 +96,7 @@ def _parse_call(content_id: str | None, text: str) -> BatchCall:
         name, colon, value = line.partition(":")
         if colon:
             headers.append((name.strip().lower(), value.strip()))
-    return BatchCall(content_id, method.upper(), url.path, url.query, headers, body.encode())
+    return BatchCall(content_id, method.upper(), url.path, url.query, headers, body)
 
 
 def _merged_headers(outer: list[tuple[bytes, bytes]], call: BatchCall) -> list[tuple[bytes, bytes]]:

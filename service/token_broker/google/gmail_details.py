@@ -141,10 +141,11 @@ class GmailMessages:
             raise ValueError(f"a batch holds 1 to {MAX_BATCH_CALLS} calls")
         boundary = "batch_" + secrets.token_hex(16)
         query = urlencode(_query(message_format, metadata_headers))
+        path = "/gmail/v1/users/me/messages/"
         body = (
             "".join(
-                f"--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <{index}>\r\n\r\n"
-                f"GET /gmail/v1/users/me/messages/{quote(message_id, safe='')}?{query} HTTP/1.1\r\n\r\n"
+                f"--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <{index}>\r\n"
+                f"\r\nGET {path}{quote(message_id, safe='')}?{query} HTTP/1.1\r\n\r\n"
                 for index, message_id in enumerate(message_ids)
             )
             + f"--{boundary}--\r\n"
@@ -222,10 +223,10 @@ def _split_answer(
         if isinstance(part, str):
             continue
         index = _index_of(part.get("Content-ID", ""))
-        payload = part.get_payload(decode=False)
-        if index is None or not isinstance(payload, str):
+        payload = part.get_payload(decode=True)  # the part's bytes, as sent
+        if index is None or not isinstance(payload, bytes):
             continue
-        head, _, body = payload.replace("\r\n", "\n").partition("\n\n")
+        head, body = _head_and_body(payload)
         lines = head.strip("\n").split("\n")
         status_line = lines[0].split(" ", 2)
         if len(status_line) < 2 or not status_line[1].isdigit():
@@ -235,8 +236,17 @@ def _split_answer(
             name, colon, value = line.partition(":")
             if colon:
                 headers[name.strip().lower()] = value.strip()
-        answers[index] = (int(status_line[1]), headers, body.encode())
+        answers[index] = (int(status_line[1]), headers, body)
     return answers
+
+
+def _head_and_body(payload: bytes) -> tuple[str, bytes]:
+    """An embedded HTTP message's start line and headers (text), and its body (bytes)."""
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        head, found, body = payload.partition(separator)
+        if found:
+            return head.decode("latin-1").replace("\r\n", "\n"), body
+    return payload.decode("latin-1").replace("\r\n", "\n"), b""
 
 
 def _index_of(content_id: str) -> int | None:

@@ -94,14 +94,19 @@ class AccountCalls:
         try:
             return await attempt(token)
         except GmailUnauthorized:
-            if self._refreshed and self.token is token:
-                raise await self._reauthorization() from None
-        if self.token is token:
-            await self._refreshed_token()
+            await self.unauthorized(token)
         try:
             return await attempt(self.token)
         except GmailUnauthorized:
             raise await self._reauthorization() from None
+
+    async def unauthorized(self, token: SecretStr) -> None:
+        """Gmail refused `token`: refresh it (once), unless that already happened."""
+        if self.token is not token:
+            return  # another call refreshed it meanwhile
+        if self._refreshed:
+            raise await self._reauthorization()
+        await self._refreshed_token()
 
     async def _refreshed_token(self) -> None:
         # Concurrent batches that all got 401 share one forced refresh.
@@ -161,12 +166,20 @@ class DetailsFetch:
     async def _batch(self, references: list[dict[str, str]]) -> list[dict[str, Any]]:
         service = self.service
         ids = [reference["id"] for reference in references]
+        used: list[SecretStr] = []
+
+        def send(token: SecretStr) -> Awaitable[list[dict[str, Any] | PartFailure]]:
+            used.append(token)
+            return self._send_batch(token, ids)
+
         try:
-            results = await self.account.call(lambda token: self._send_batch(token, ids))
+            results = await self.account.call(send)
         except (RetriesExhausted, GmailError) as error:
             raise problem_for(error, "gmail") from None
         self.progress.batches += 1
         service.metrics.gmail_batches.inc()
+        if any(isinstance(r, PartFailure) and r.status == 401 for r in results):
+            await self.account.unauthorized(used[-1])
         retried: dict[int, asyncio.Task[dict[str, Any] | PartFailure]] = {}
         for index, result in enumerate(results):
             if isinstance(result, PartFailure) and (result.transient or result.status == 401):
