@@ -72,8 +72,10 @@ class PartFailure:
     @property
     def transient(self) -> bool:
         """Worth retrying on its own: rate limited, a server error, or a garbled part."""
-        return self.status in TRANSIENT_STATUSES or (
-            self.status == 403 and self.reason in RATE_LIMIT_REASONS
+        return (
+            self.status == 0  # no part, or a garbled one, for this call
+            or self.status in TRANSIENT_STATUSES
+            or (self.status == 403 and self.reason in RATE_LIMIT_REASONS)
         )
 
     @property
