@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.support.processes import free_port
-from tests.support.redis import RedisForTests
+from tests.support.redis_server import RedisForTests
 from token_broker.kit.keyed_limits import KeyedLimits
 from token_broker.kit.token_bucket import TokenBucket
 from token_broker.observability.metrics import Metrics

@@ -21,6 +21,9 @@ class TcpProxy:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
 
+    async def start_again(self) -> None:
+        await self.start()
+
     async def stop(self) -> None:
         """Refuse new connections and cut the open ones, as a stopped server would."""
         if self._server is not None:
