@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.polling import eventually
 from tests.support.processes import free_port
 from tests.support.redis_server import RedisForTests
 from token_broker.kit.keyed_limits import KeyedLimits
@@ -142,6 +143,38 @@ async def test_replicas_share_one_bucket_in_redis(test_redis: RedisForTests) -> 
         await second.spend("account-2", "messages.get")  # another user is not held back
         assert len(second_time.slept) == 2
         assert first.status() == second.status() == "ok"
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_calls_in_progress_are_capped_across_replicas(test_redis: RedisForTests) -> None:
+    def replica() -> GmailQuota:
+        shared = RedisBuckets(redis_client(test_redis.url, timeout=1), prefix=test_redis.prefix)
+        return GmailQuota(quota_settings(gmail_user_concurrency=4), Metrics(), shared=shared)
+
+    first, second = replica(), replica()
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def batch(quota: GmailQuota, name: str, calls: int) -> None:
+        async with quota.in_progress("account-1", calls):
+            order.append(name)
+            entered.set()
+            await release.wait()
+
+    try:
+        holding = asyncio.ensure_future(batch(first, "first", 3))
+        await entered.wait()
+        waiting = asyncio.ensure_future(batch(second, "second", 2))
+        other_user = second.in_progress("account-2", 4)
+        async with other_user:  # another user's places are its own
+            pass
+        await eventually(lambda: len(order) == 1 and not waiting.done(), within=1)
+        release.set()
+        await asyncio.gather(holding, waiting)
+        assert order == ["first", "second"]
     finally:
         await first.close()
         await second.close()

@@ -207,8 +207,7 @@ class DetailsFetch:
         service = self.service
 
         async def attempt() -> list[dict[str, Any] | PartFailure]:
-            await service.quota.spend(self.account.account_id, "messages.get", len(ids))
-            async with service.quota.in_progress(self.account.account_id, len(ids)):
+            async with service.quota.call(self.account.account_id, "messages.get", len(ids)):
                 try:
                     return await service.gmail.batch_get(
                         token, ids, message_format=self.query.message_format,
@@ -322,8 +321,7 @@ class MessageDetailsService:
         progress: DetailsProgress, *, max_quota_wait: float | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         async def attempt() -> dict[str, Any]:
-            await self.quota.spend(account_id, "messages.get", max_wait=max_quota_wait)
-            async with self.quota.in_progress(account_id):
+            async with self.quota.call(account_id, "messages.get", max_wait=max_quota_wait):
                 try:
                     return await self.gmail.get(
                         token, message_id, message_format=query.message_format,

@@ -14,8 +14,10 @@ same user share the user's rate instead of each believing it has all of it.
   in `/metrics` and in `/readyz`, and tries Redis again every few seconds. Never an
   outage.
 
-The concurrency cap is per replica: at most `TOKEN_BROKER_GMAIL_USER_CONCURRENCY`
-Gmail calls in progress for one user, a batch counting as its parts.
+Calls in progress are capped the same way: at most `TOKEN_BROKER_GMAIL_USER_CONCURRENCY`
+Gmail calls in progress for one user (a batch counting as its parts), in this
+process and, with Redis, across every replica (leases in Redis). While Redis is
+away the cap is this replica's alone.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from token_broker.store.redis_buckets import RedisBuckets, SharedBucketsUnavaila
 log = logging.getLogger("token_broker.gmail_quota")
 
 REDIS_RETRY_SECONDS = 5.0
+LEASE_POLL_SECONDS = 0.02  # how often a call waiting for a place in Redis asks again
 
 
 class QuotaWaitTooLong(Exception):
@@ -68,6 +71,7 @@ class GmailQuota:
             self.rate * self.fraction, max(1.0, self.burst * self.fraction), clock=clock
         )
         self.calls = KeyedLimits(settings.gmail_user_concurrency)
+        self.concurrency = settings.gmail_user_concurrency
         self._redis_down_since: float | None = None
         self._retry_redis_at = 0.0
         metrics.gmail_quota_fallback.set(0)
@@ -84,6 +88,25 @@ class GmailQuota:
             f"degraded: Redis unreachable, Gmail quota kept by this replica alone at "
             f"{self.fraction:.0%} of the rate"
         )
+
+    @contextlib.asynccontextmanager
+    async def call(
+        self,
+        user: str,
+        method: GmailMethod,
+        calls: int = 1,
+        *,
+        max_wait: float | None = None,
+    ) -> AsyncIterator[None]:
+        """Around one Gmail request for `user` (a batch: `calls` parts): a place among the
+        user's calls in progress first, then the quota, then the request.
+
+        In that order, a request is sent as soon as its units are due, never held back
+        after them; requests held back and then sent together would exceed the rate.
+        """
+        async with self.in_progress(user, calls):
+            await self.spend(user, method, calls, max_wait=max_wait)
+            yield
 
     async def spend(
         self,
@@ -111,8 +134,36 @@ class GmailQuota:
     @contextlib.asynccontextmanager
     async def in_progress(self, user: str, calls: int = 1) -> AsyncIterator[None]:
         """Hold `calls` of the user's places for calls in progress (waits for them)."""
-        async with self.calls.hold(user, calls):
-            yield
+        weight = max(1, min(calls, self.concurrency))
+        async with self.calls.hold(user, weight):
+            lease = await self._shared_lease(user, weight)
+            try:
+                yield
+            finally:
+                if lease is not None:
+                    await self._give_back(user, lease)
+
+    async def _shared_lease(self, user: str, weight: int) -> str | None:
+        """A place among the user's calls in progress on every replica; None without Redis."""
+        while self.shared is not None and not (
+            self.degraded and self.clock() < self._retry_redis_at
+        ):
+            try:
+                lease = await self.shared.take_lease(user, weight, limit=self.concurrency)
+            except SharedBucketsUnavailable as error:
+                self._redis_failed(str(error))
+                return None
+            if lease is not None:
+                return lease
+            await asyncio.sleep(LEASE_POLL_SECONDS)
+        return None
+
+    async def _give_back(self, user: str, lease: str) -> None:
+        assert self.shared is not None
+        try:
+            await self.shared.give_back(user, lease)
+        except SharedBucketsUnavailable as error:
+            self._redis_failed(str(error))  # the lease lapses by itself
 
     async def close(self) -> None:
         if self.shared is not None:

@@ -187,8 +187,7 @@ class Listing:
         token, account_id = self._token, self._account_id
 
         async def attempt() -> MessagePage:
-            await self.service.quota.spend(account_id, "messages.list")
-            async with self.service.quota.in_progress(account_id):
+            async with self.service.quota.call(account_id, "messages.list"):
                 try:
                     return await self.service.gmail.list_messages(
                         token,
