@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.hygiene import register_secret
 from tests.support.polling import eventually
 from tests.support.processes import free_port
 from tests.support.redis_server import RedisForTests
@@ -214,7 +215,10 @@ async def test_redis_away_means_a_local_bucket_at_a_fraction_then_back(
 async def test_readyz_says_degraded_but_stays_ready_without_redis(
     broker_factory: Callable[..., Any], settings_factory: Callable[..., Settings]
 ) -> None:
-    broker = await broker_factory(settings_factory(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    password = register_secret("redis-password-0123456789")
+    broker = await broker_factory(
+        settings_factory(redis_url=f"redis://:{password}@127.0.0.1:{free_port()}/0")
+    )
     quota = broker.state.gmail_quota
     await quota.spend(broker.state.settings.google_client_id, "messages.list")
     ready = await broker.client.get("/readyz")
@@ -222,6 +226,8 @@ async def test_readyz_says_degraded_but_stays_ready_without_redis(
     assert ready.json()["checks"]["gmail_quota"].startswith("degraded: Redis unreachable")
     metrics = (await broker.client.get("/metrics")).text
     assert "token_broker_gmail_quota_fallback 1.0" in metrics
+    assert password not in ready.text + metrics  # and the run's logs are scanned for it
+    assert password not in repr(broker.state.settings)
 
 
 def test_settings_refuse_a_bad_redis_url() -> None:
