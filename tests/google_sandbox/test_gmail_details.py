@@ -338,3 +338,21 @@ async def test_concurrent_requests_past_the_limit_are_429(gmail: Gmail) -> None:
     assert sorted(r.status_code for r in results) == [200] * 4 + [429] * 2
     assert gmail.state.quota.report()["peak_in_flight"] == {EMAIL: 4}
     assert gmail.state.quota.in_flight[EMAIL] == 0
+
+
+async def test_any_gmail_call_can_be_batched(gmail: Gmail) -> None:
+    paths = [
+        "/gmail/v1/users/me/messages?maxResults=2",
+        f"/gmail/v1/users/me/messages/{gmail.ids(1)[0]}",
+    ]
+    response = await gmail.http.post(
+        f"{gmail.url}/batch/gmail/v1", content=batch_body("l", paths),
+        headers={"Content-Type": "multipart/mixed; boundary=l",
+                 "Authorization": f"Bearer {gmail.token}"},
+    )  # fmt: skip
+    (_, list_status, page), (_, get_status, message) = parse_batch_answer(response)
+    assert (list_status, get_status) == (200, 200)
+    assert [m["id"] for m in page["messages"]] == gmail.ids(2)
+    assert "nextPageToken" in page
+    assert message["payload"]["partId"] == ""  # format=full, Gmail's default
+    assert gmail.state.calls["gmail.messages.list"] == 1
