@@ -131,7 +131,13 @@ def main() -> None:
     args = parser.parse_args()
 
     with system(sandbox_core=None) as sut:
-        brokers = [sut.start_broker(f"load-{i}", refresh_cooldown_seconds="1") for i in range(2)]
+        # Each replica with its own quota (no Redis here) of Gmail's older 15,000 a minute.
+        brokers = [
+            sut.start_broker(
+                f"load-{i}", refresh_cooldown_seconds="1", gmail_quota_units_per_minute="15000"
+            )
+            for i in range(2)
+        ]
         try:
             key = sut.api_key("load")
             for index in range(ACCOUNTS):

@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.support.databases",
     "tests.support.brokers",
     "tests.support.provider",
+    "tests.support.redis_server",
 ]
 
 

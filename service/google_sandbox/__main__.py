@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from google_sandbox.quota import QuotaSettings
 from google_sandbox.server import serve
 
 
@@ -18,6 +19,14 @@ def main() -> None:
     parser.add_argument("--client-id", required=True)
     parser.add_argument("--client-secret", required=True)
     parser.add_argument("--redirect-uri", action="append", default=[])
+    parser.add_argument(
+        "--gmail-quota-per-minute", type=int, help="enforce Gmail's per-user units a minute"
+    )
+    parser.add_argument("--gmail-quota-burst", type=int, help="most units a user's bucket holds")
+    parser.add_argument(
+        "--gmail-concurrent-limit", type=int, help="Gmail calls in progress per user (e.g. 64)"
+    )
+    parser.add_argument("--gmail-quota-status", type=int, choices=(429, 403), default=429)
     args = parser.parse_args()
     serve(
         host=args.host,
@@ -25,6 +34,12 @@ def main() -> None:
         client_id=args.client_id,
         client_secret=args.client_secret,
         redirect_uris=args.redirect_uri,
+        quota=QuotaSettings(
+            units_per_minute=args.gmail_quota_per_minute,
+            burst_units=args.gmail_quota_burst,
+            concurrent_limit=args.gmail_concurrent_limit,
+            exceeded_status=args.gmail_quota_status,
+        ),
     )
 
 

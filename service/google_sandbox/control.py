@@ -13,7 +13,8 @@ from google_sandbox.state import FaultKind, FaultRule, SandboxState
 class FaultSpec(BaseModel):
     endpoint: str = Field(
         description="An endpoint name (token, revoke, userinfo, jwks, authorize, "
-        'gmail.messages.list) or "*".'
+        'gmail.messages.list, gmail.messages.get, gmail.batch) or "*". Faults on '
+        "gmail.messages.get also hit the calls inside a batch (all but latency).",
     )
     kind: FaultKind = "status"
     status: int = Field(default=503, ge=200, le=599)

@@ -11,6 +11,8 @@ from google_sandbox.errors import google_api_error, oauth_error
 from google_sandbox.oauth import AUTHORIZE_PATH
 from google_sandbox.state import FaultRule, SandboxState
 
+BATCH_PART = "sandbox.batch_part"  # scope key: a call dispatched from a batch request
+
 
 def endpoint_of(path: str) -> str | None:
     if path in (AUTHORIZE_PATH, "/o/oauth2/auth"):
@@ -23,8 +25,15 @@ def endpoint_of(path: str) -> str | None:
         return "jwks"
     if path == "/.well-known/openid-configuration":
         return "discovery"
-    if path.startswith("/gmail/v1/users/") and path.endswith("/messages"):
-        return "gmail.messages.list"
+    if path.startswith("/gmail/v1/users/"):
+        resource = path.split("/")[5:]
+        if resource == ["messages"]:
+            return "gmail.messages.list"
+        if len(resource) == 2 and resource[0] == "messages":
+            return "gmail.messages.get"
+        return None
+    if path == "/batch/gmail/v1":
+        return "gmail.batch"
     return None
 
 
@@ -72,7 +81,10 @@ class FaultsAndCounters:
         try:
             rule = self.state.fault_for(endpoint)
             if rule is not None and rule.kind in ("latency", "hang"):
-                await asyncio.sleep(rule.delay if rule.kind == "latency" else rule.delay or 3600)
+                # A batch's calls share the batch's own latency (they run in parallel).
+                if not scope.get(BATCH_PART):
+                    delay = rule.delay if rule.kind == "latency" else rule.delay or 3600
+                    await asyncio.sleep(delay)
                 rule = None
             elif rule is not None and rule.kind == "revoke":
                 self.state.revoke_user(rule.reason or "")

@@ -39,6 +39,7 @@ from fastapi.responses import JSONResponse, Response
 
 from google_sandbox import fields
 from google_sandbox.errors import google_api_error
+from google_sandbox.gmail_access import gmail_caller
 from google_sandbox.mailbox import LABEL_IDS, InvalidPageToken, compile_query
 from google_sandbox.scopes import GMAIL_METADATA, MESSAGES_LIST_SCOPES
 from google_sandbox.state import SandboxState
@@ -47,45 +48,19 @@ NONEMPTY_ESTIMATE = 201
 _LIST_METHOD = "caribou.api.proto.MailboxService.ListMessages"
 
 
-def insufficient_scope(method: str, accepted: frozenset[str]) -> JSONResponse:
-    return google_api_error(
-        403,
-        "insufficientPermissions",
-        details=[
-            {
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                "reason": "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
-                "domain": "googleapis.com",
-                "metadata": {"method": method, "service": "gmail.googleapis.com"},
-            }
-        ],
-        headers={
-            "WWW-Authenticate": 'Bearer realm="https://accounts.google.com/", '
-            f'error="insufficient_scope", scope="{" ".join(sorted(accepted))}"'
-        },
-    )
-
-
 def gmail_router(state: SandboxState) -> APIRouter:
     router = APIRouter(tags=["gmail"])
 
     @router.get("/gmail/v1/users/{user_id}/messages", summary="users.messages.list")
     async def list_messages(request: Request, user_id: str) -> Response:
-        header = request.headers.get("authorization", "")
-        access = (
-            state.valid_access_token(header[7:].strip())
-            if header.lower().startswith("bearer ")
-            else None
+        caller = gmail_caller(
+            state, request, user_id, method=_LIST_METHOD, accepted=MESSAGES_LIST_SCOPES
         )
-        if access is None:
-            return google_api_error(401, "authError")
-        if not access.scopes & MESSAGES_LIST_SCOPES:
-            return insufficient_scope(_LIST_METHOD, MESSAGES_LIST_SCOPES)
-        owner = state.users[state.grants[access.grant_id].email]
-        if user_id not in ("me", owner.email):
-            return google_api_error(403, "forbidden", "Delegation denied for " + user_id)
+        if isinstance(caller, JSONResponse):
+            return caller
+        owner = caller.user
         query = request.query_params
-        if "q" in query and GMAIL_METADATA in access.scopes:
+        if "q" in query and GMAIL_METADATA in caller.scopes:
             return google_api_error(
                 403, "forbidden", "Metadata scope does not support 'q' parameter"
             )

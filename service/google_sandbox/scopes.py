@@ -37,6 +37,12 @@ GMAIL_METADATA = GMAIL + "metadata"
 MESSAGES_LIST_SCOPES = frozenset(
     {"https://mail.google.com/", GMAIL_METADATA, GMAIL + "modify", GMAIL + "readonly"}
 )
+# gmail.v1.json, users.messages.get: "scopes".
+MESSAGES_GET_SCOPES = MESSAGES_LIST_SCOPES | {
+    GMAIL + "addons.current.message.action",
+    GMAIL + "addons.current.message.metadata",
+    GMAIL + "addons.current.message.readonly",
+}
 # Always granted with the sign-in: the consent screen offers no box to untick them.
 SIGN_IN_SCOPES = frozenset({OPENID, USERINFO_EMAIL, USERINFO_PROFILE})
 KNOWN_SCOPES = frozenset({*_LONG_NAMES, *SIGN_IN_SCOPES, *GMAIL_SCOPES})

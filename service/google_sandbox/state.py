@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from google_sandbox.keys import SigningKeys
 from google_sandbox.mailbox import Message, PageTokens, SearchCache, generate_mailbox
+from google_sandbox.quota import GmailQuota
 from google_sandbox.scopes import granted_names
 
 DEFAULT_MAILBOX_SIZE = 1200
@@ -35,12 +36,22 @@ class SandboxUser:
     name: str
     mailbox_size: int
     _mailbox: list[Message] | None = None
+    _index: dict[str, Message] | None = None
+    deleted: set[str] = field(default_factory=set)
 
     @property
     def mailbox(self) -> list[Message]:
         if self._mailbox is None or len(self._mailbox) != self.mailbox_size:
             self._mailbox = generate_mailbox(self.email, self.mailbox_size)
+            self._index = None
         return self._mailbox
+
+    @property
+    def message_index(self) -> dict[str, Message]:
+        mailbox = self.mailbox
+        if self._index is None:
+            self._index = {message.id: message for message in mailbox}
+        return self._index
 
 
 @dataclass
@@ -143,6 +154,7 @@ class SandboxState:
         self.signing_keys = SigningKeys()
         self.page_tokens = PageTokens(secrets.token_bytes(32))
         self.searches = SearchCache()
+        self.quota = GmailQuota()
         # Called when clients, users or grants change (dev mode saves them to disk).
         self.on_change: Callable[[], None] | None = None
 
@@ -191,6 +203,7 @@ class SandboxState:
         self.calls.clear()
         self.call_log.clear()
         self.searches.clear()
+        self.quota.reset()
 
     # ------------------------------------------------------------------ grants and tokens
 

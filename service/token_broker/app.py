@@ -22,6 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp
 
 from token_broker.google.gmail import GmailClient
+from token_broker.google.gmail_details import GmailMessages
 from token_broker.google.oauth import OAuthClient
 from token_broker.google.transport import Upstream
 from token_broker.kit.drain import Drain
@@ -34,6 +35,8 @@ from token_broker.services.api_keys import Authenticator
 from token_broker.services.audit import AuditBuffer
 from token_broker.services.authorizations import AuthorizationService
 from token_broker.services.connect import ConnectService
+from token_broker.services.details import MessageDetailsService
+from token_broker.services.gmail_quota import GmailQuota
 from token_broker.services.keepalive import KeepAlive
 from token_broker.services.listing import ListingService
 from token_broker.services.readiness import Readiness
@@ -44,6 +47,7 @@ from token_broker.settings import ConfigurationError, Settings, load_settings
 from token_broker.store.change_feed import ChangeFeed
 from token_broker.store.database import Database
 from token_broker.store.migrations import head_revision
+from token_broker.store.redis_buckets import RedisBuckets, redis_client
 from token_broker.store.sealing import Keyring, keyring_from_settings
 from token_broker.web.dependencies import WebState
 from token_broker.web.problems import (
@@ -53,7 +57,7 @@ from token_broker.web.problems import (
 )
 from token_broker.web.request_context import RequestContextMiddleware
 from token_broker.web.request_limits import RequestLimits
-from token_broker.web.routers import accounts, health, messages, oauth, tokens
+from token_broker.web.routers import accounts, health, message_details, messages, oauth, tokens
 from token_broker.web.routers import metrics as metrics_router
 from token_broker.web.token_bodies import TokenBodies
 from token_broker.web.token_fast_path import TokenFastPath
@@ -84,6 +88,8 @@ class Components:
     connect: ConnectService
     tokens: TokenService
     listing: ListingService
+    details: MessageDetailsService
+    gmail_quota: GmailQuota
     keepalive: KeepAlive
 
 
@@ -177,6 +183,17 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
             if settings.keepalive_active:
                 keepalive.start()
                 stack.push_async_callback(keepalive.stop)
+            shared_buckets = None
+            if settings.redis_url is not None:
+                shared_buckets = RedisBuckets(
+                    redis_client(
+                        settings.redis_url.get_secret_value(),
+                        timeout=settings.redis_timeout_seconds,
+                    ),
+                    prefix=settings.redis_key_prefix,
+                )
+            gmail_quota = GmailQuota(settings, metrics, shared=shared_buckets)
+            stack.push_async_callback(gmail_quota.close)
             listing = ListingService(
                 gmail=GmailClient(upstream, settings.gmail_api_base),
                 tokens=tokens,
@@ -185,6 +202,13 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
                 audit=audit,
                 metrics=metrics,
                 drain=drain,
+                quota=gmail_quota,
+            )
+            details = MessageDetailsService(
+                gmail=GmailMessages(upstream, settings.gmail_api_base),
+                quota=gmail_quota,
+                listing=listing,
+                settings=settings,
             )
             app.state.broker = Components(
                 settings=settings,
@@ -195,6 +219,8 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
                 connect=connect,
                 tokens=tokens,
                 listing=listing,
+                details=details,
+                gmail_quota=gmail_quota,
                 keepalive=keepalive,
             )
             app.state.web = WebState(
@@ -206,8 +232,13 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
                 ),
                 tokens=tokens,
                 listing=listing,
+                details=details,
                 readiness=Readiness(
-                    database=database, keyring=keyring, drain=drain, head_revision=head_revision()
+                    database=database,
+                    keyring=keyring,
+                    drain=drain,
+                    head_revision=head_revision(),
+                    gmail_quota=gmail_quota,
                 ),
                 metrics=metrics,
                 token_bodies=TokenBodies(),
@@ -246,6 +277,7 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
     app.include_router(accounts.router)
     app.include_router(tokens.router)
     app.include_router(messages.router)
+    app.include_router(message_details.router)
     if settings.metrics_enabled:
         app.include_router(metrics_router.router)
     for prefix, mounted in (mounts or {}).items():

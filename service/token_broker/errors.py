@@ -138,6 +138,23 @@ class AccountNotFound(BrokerError):
     default_detail = "No connected account has that subject id or email address."
 
 
+class MessageNotFound(BrokerError):
+    status = 404
+    code = "message_not_found"
+    title = "Message not found"
+    default_detail = "Gmail has no message with that id in this account (it may have been deleted)."
+
+
+class TooManyForJson(BrokerError):
+    status = 400
+    code = "too_many_for_json"
+    title = "Too many messages for a JSON answer"
+    default_detail = (
+        "A JSON answer with message details holds a limited number of messages; ask with "
+        "`Accept: application/x-ndjson` to stream any number, or pass a smaller `limit`."
+    )
+
+
 class MethodNotAllowed(BrokerError):
     status = 405
     code = "method_not_allowed"

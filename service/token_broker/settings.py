@@ -117,6 +117,17 @@ class Settings(BaseSettings):
     gmail_attempts: int = Field(default=5, ge=1, le=20)
     gmail_budget_seconds: float = Field(default=30.0, gt=0, le=600)
     gmail_backoff_seconds: float = Field(default=1.0, gt=0, le=30)
+    # Gmail's per-user quota (units a minute: 6,000 for projects created since May 2026,
+    # 15,000 before), shared by every Gmail call for one user; details in batches.
+    gmail_quota_units_per_minute: int = Field(default=6000, ge=60, le=10_000_000)
+    gmail_quota_burst_units: int = Field(default=500, ge=5, le=10_000_000)
+    gmail_quota_fallback_fraction: float = Field(default=0.5, gt=0, le=1)
+    gmail_user_concurrency: int = Field(default=50, ge=1, le=1000)
+    gmail_batch_size: int = Field(default=50, ge=1, le=100)
+    gmail_details_json_max_messages: int = Field(default=1000, ge=1, le=100_000)
+    redis_url: SecretStr | None = None
+    redis_key_prefix: str = Field(default="token-broker:", max_length=100)
+    redis_timeout_seconds: float = Field(default=0.5, gt=0, le=10)
 
     # Callers
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
@@ -176,6 +187,15 @@ class Settings(BaseSettings):
         if not _is_http_url(value):
             raise ValueError("expected an absolute http(s) URL")
         return value.rstrip("/") if value.endswith("/") else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and urlsplit(value.get_secret_value()).scheme not in (
+            "redis", "rediss", "unix",
+        ):  # fmt: skip
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return value
 
     @field_validator("redirect_uri")
     @classmethod

@@ -75,7 +75,7 @@ def problem_for(error: Exception, step: Step) -> BrokerError:
         )
     if isinstance(error, GmailError):
         return UpstreamError(
-            f"Gmail refused the listing ({error.status} {error.reason}).",
+            f"Gmail refused the request ({error.status} {error.reason}).",
             gmail_reason=error.reason,
         )
     if isinstance(error, IdTokenInvalid):

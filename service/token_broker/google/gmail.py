@@ -63,7 +63,7 @@ def _unknown_label(body: dict[str, Any], sent: list[str]) -> str | None:
     return None
 
 
-def _reason(body: dict[str, Any]) -> str:
+def error_reason(body: dict[str, Any]) -> str:
     error = body.get("error")
     if isinstance(error, dict):
         errors = error.get("errors")
@@ -113,7 +113,7 @@ class GmailClient:
         body = self._error_body(response.status_code, response)
         if response.status_code == 401:
             raise GmailUnauthorized()
-        reason = _reason(body)
+        reason = error_reason(body)
         if response.status_code == 400:
             label_id = _unknown_label(body, label_ids or [])
             if label_id is not None:

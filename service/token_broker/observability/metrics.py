@@ -99,6 +99,39 @@ class Metrics:
             "Buffered audit events dropped because the database stayed away too long.",
             registry=registry,
         )
+        self.gmail_quota_units = Counter(
+            "token_broker_gmail_quota_units",
+            "Gmail quota units spent, by method (messages.list, messages.get, ...).",
+            ["method"],
+            registry=registry,
+        )
+        self.gmail_quota_wait = Counter(
+            "token_broker_gmail_quota_wait_seconds",
+            "Seconds Gmail calls waited for the user's quota, by method.",
+            ["method"],
+            registry=registry,
+        )
+        self.gmail_quota_fallback = Gauge(
+            "token_broker_gmail_quota_fallback",
+            "1 while Redis is unreachable and this replica keeps the Gmail quota alone.",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.gmail_quota_redis_errors = Counter(
+            "token_broker_gmail_quota_redis_errors",
+            "Failed Redis calls for the shared Gmail quota.",
+            registry=registry,
+        )
+        self.gmail_batches = Counter(
+            "token_broker_gmail_batches", "Gmail batch requests sent.", registry=registry
+        )
+        self.gmail_messages_fetched = Counter(
+            "token_broker_gmail_messages_fetched",
+            "Messages asked of Gmail by outcome: ok, not_found, failed (permanent error or "
+            "retries exhausted).",
+            ["outcome"],
+            registry=registry,
+        )
 
     def observe_http(self, route: str, method: str, status: int, elapsed: float) -> None:
         # Label lookups cost more than the increments: keep the children per series.

@@ -1,6 +1,7 @@
 """Complete Gmail listings: every page followed, one request at a time, resilient.
 
 Pages of 500 (Gmail's maximum; the default 100 costs five times the round trips).
+Each page spends 5 units of the user's Gmail quota (`services/gmail_quota.py`).
 A 401 refreshes the token once and retries that page; rate limits, 5xx and timeouts
 back off exponentially with jitter, honouring Retry-After, within a per-page budget.
 """
@@ -22,6 +23,7 @@ from token_broker.kit.drain import Drain
 from token_broker.kit.retry import Backoff, RetriesExhausted, TransientError, retrying
 from token_broker.observability.metrics import Metrics
 from token_broker.services.audit import Action, AuditBuffer
+from token_broker.services.gmail_quota import GmailQuota
 from token_broker.services.reauthorization import ReauthorizationLinks
 from token_broker.services.tokens import TokenService
 from token_broker.settings import Settings
@@ -63,6 +65,7 @@ class Listing:
         self.query = query
         self.client_id = client_id
         self.progress = Progress()
+        self.audit_detail: dict[str, object] = {}  # what a details fetch adds to the audit
         self._token: SecretStr | None = None
         self._account_id: str | None = None
         self._email: str | None = None
@@ -131,6 +134,13 @@ class Listing:
                 upcoming.cancel()
                 upcoming.add_done_callback(_retrieve)
 
+    @property
+    def account(self) -> tuple[str, str | None, SecretStr]:
+        """The account's id, email and access token, once `first_page` has run."""
+        assert self._account_id is not None
+        assert self._token is not None
+        return self._account_id, self._email, self._token
+
     def audit(self, outcome: str) -> None:
         self.service.audit.record(
             Action.MESSAGES_LISTED,
@@ -141,6 +151,7 @@ class Listing:
                 "pages": self.progress.pages,
                 "count": self.progress.count,
                 "retries": self.progress.retries,
+                **self.audit_detail,
             },
         )
 
@@ -172,20 +183,22 @@ class Listing:
 
     async def _page_with_backoff(self, page_token: str | None) -> MessagePage:
         assert self._token is not None
-        token = self._token
+        assert self._account_id is not None
+        token, account_id = self._token, self._account_id
 
         async def attempt() -> MessagePage:
-            try:
-                return await self.service.gmail.list_messages(
-                    token,
-                    q=self.query.q,
-                    label_ids=self.query.label_ids,
-                    include_spam_trash=self.query.include_spam_trash,
-                    page_token=page_token,
-                    max_results=PAGE_SIZE,
-                )
-            except UpstreamProtocolError as error:
-                raise TransientError(str(error), kind="malformed") from None
+            async with self.service.quota.call(account_id, "messages.list"):
+                try:
+                    return await self.service.gmail.list_messages(
+                        token,
+                        q=self.query.q,
+                        label_ids=self.query.label_ids,
+                        include_spam_trash=self.query.include_spam_trash,
+                        page_token=page_token,
+                        max_results=PAGE_SIZE,
+                    )
+                except UpstreamProtocolError as error:
+                    raise TransientError(str(error), kind="malformed") from None
 
         def retried(error: TransientError, wait: float) -> None:
             self.progress.retries += 1
@@ -212,9 +225,11 @@ class ListingService:
         audit: AuditBuffer,
         metrics: Metrics,
         drain: Drain,
+        quota: GmailQuota,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.gmail = gmail
+        self.quota = quota
         self.tokens = tokens
         self.links = links
         self.audit = audit

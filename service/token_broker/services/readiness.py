@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from token_broker.kit.drain import Drain
+from token_broker.services.gmail_quota import GmailQuota
 from token_broker.store.database import Database
 from token_broker.store.migrations import schema_revision
 from token_broker.store.sealing import Keyring, SecretColumn
@@ -12,15 +13,17 @@ _PROBE = SecretColumn("readiness", "probe")
 
 class Readiness:
     def __init__(
-        self, *, database: Database, keyring: Keyring, drain: Drain, head_revision: str
-    ) -> None:
+        self, *, database: Database, keyring: Keyring, drain: Drain, head_revision: str,
+        gmail_quota: GmailQuota,
+    ) -> None:  # fmt: skip
         self.database = database
+        self.gmail_quota = gmail_quota
         self.keyring = keyring
         self.drain = drain
         self.head_revision = head_revision
 
     async def checks(self) -> dict[str, str]:
-        """Each check's name and "ok", or what is wrong with it."""
+        """Each check's name and "ok", or what is wrong with it ("degraded: ..." serves on)."""
         checks: dict[str, str] = {}
         if self.drain.draining:
             checks["shutdown"] = "draining: this instance is shutting down"
@@ -43,4 +46,12 @@ class Readiness:
             checks["keyring"] = "ok"
         except Exception as error:
             checks["keyring"] = f"failed ({type(error).__name__})"
+        checks["gmail_quota"] = self.gmail_quota.status()
         return checks
+
+
+def failing(checks: dict[str, str]) -> list[str]:
+    """The checks that make the replica unready (a degraded one does not)."""
+    return [
+        name for name, value in checks.items() if value != "ok" and not value.startswith("degraded")
+    ]

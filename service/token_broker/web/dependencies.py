@@ -14,6 +14,7 @@ from token_broker.services.accounts import AccountService
 from token_broker.services.api_keys import Authenticator, Caller, Permission
 from token_broker.services.authorizations import AuthorizationService
 from token_broker.services.connect import ConnectService
+from token_broker.services.details import MessageDetailsService
 from token_broker.services.listing import ListingService
 from token_broker.services.readiness import Readiness
 from token_broker.services.tokens import TokenService
@@ -30,6 +31,7 @@ class WebState:
     accounts: AccountService
     tokens: TokenService
     listing: ListingService
+    details: MessageDetailsService
     readiness: Readiness
     metrics: Metrics
     token_bodies: TokenBodies

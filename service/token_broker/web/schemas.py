@@ -162,3 +162,41 @@ class MessageList(BaseModel):
         "most non-empty queries); `count` is the number listed."
     )
     pages: int = Field(description="Upstream pages fetched (500 messages each).")
+
+
+class GmailMessage(BaseModel):
+    """Gmail's Message resource, passed through unchanged (fields depend on `format`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    threadId: str
+    labelIds: list[str] | None = None
+    snippet: str | None = None
+    payload: dict[str, Any] | None = None
+    raw: str | None = None
+    sizeEstimate: int | None = None
+    historyId: str | None = None
+    internalDate: str | None = None
+
+
+class NotFetched(BaseModel):
+    id: str
+    threadId: str
+    status: int = Field(description="Gmail's status for it (404: deleted since the listing).")
+    reason: str = Field(description="Gmail's reason, e.g. notFound.")
+
+
+class MessageDetailsList(BaseModel):
+    """A listing with `format`: each message's details, in listing order."""
+
+    messages: list[GmailMessage]
+    count: int = Field(description="Messages listed.")
+    result_size_estimate: int
+    pages: int
+    fetched: int = Field(description="Messages whose details are in `messages`.")
+    batches: int = Field(description="Gmail batch requests sent.")
+    not_fetched_count: int
+    not_fetched: list[NotFetched] = Field(
+        description="Messages Gmail would not answer (the first 10,000), with its status."
+    )

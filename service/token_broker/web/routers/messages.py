@@ -16,6 +16,7 @@ from token_broker.errors import (
     InternalError,
     ProviderRejectedClient,
     ReauthorizationRequired,
+    TooManyForJson,
     UnknownLabel,
     UpstreamError,
     UpstreamRateLimited,
@@ -23,11 +24,17 @@ from token_broker.errors import (
     caller_problems,
 )
 from token_broker.google.gmail import MessagePage
+from token_broker.services.details import DetailsQuery
 from token_broker.services.listing import Listing, ListingQuery
 from token_broker.web.dependencies import MessagesReader, State
 from token_broker.web.problems import as_broker_error, problem_responses
 from token_broker.web.routers.accounts import AccountRef
-from token_broker.web.schemas import LABEL_ID, PRINTABLE_TEXT, MessageList
+from token_broker.web.routers.message_details import (
+    FormatParam,
+    MetadataHeadersParam,
+    details_answer,
+)
+from token_broker.web.schemas import LABEL_ID, PRINTABLE_TEXT, MessageDetailsList, MessageList
 
 log = logging.getLogger("token_broker.listing")
 router = APIRouter(prefix="/v1/accounts", tags=["messages"])
@@ -37,13 +44,20 @@ _NDJSON_DOC = (
     'With `Accept: application/x-ndjson`: one `{"id", "threadId"}` object per line, '
     'streamed page by page, then one final line: `{"status": "complete", "count", '
     '"pages", "result_size_estimate"}` or `{"status": "failed", "count", "pages", '
-    '"error": <problem>}`. A stream without that final line was cut short.'
+    '"error": <problem>}`. A stream without that final line was cut short.\n\n'
+    "With `format` (minimal, metadata, full, raw) each message is Gmail's message resource "
+    "for that format, fetched in Gmail batches at the account's Gmail quota, in listing "
+    "order; the answer (or the final line) adds `fetched`, `batches`, `not_fetched_count` "
+    "and `not_fetched` (messages Gmail would not answer, e.g. 404 when deleted since the "
+    "listing). JSON answers with details hold at most "
+    "TOKEN_BROKER_GMAIL_DETAILS_JSON_MAX_MESSAGES (1,000) messages: beyond, 400 "
+    "`too_many_for_json`; stream them as NDJSON."
 )
 
 
 @router.get(
     "/{account}/messages",
-    response_model=MessageList,
+    response_model=MessageList | MessageDetailsList,
     summary="Every message matching a Gmail query, all pages followed",
     description=_NDJSON_DOC,
     responses={
@@ -52,6 +66,7 @@ _NDJSON_DOC = (
             AccountNotFound,
             UnknownLabel,
             ReauthorizationRequired,
+            TooManyForJson,
             UpstreamRateLimited,
             ProviderRejectedClient,
             UpstreamError,
@@ -77,6 +92,8 @@ async def list_messages(
     limit: Annotated[
         int | None, Query(ge=1, le=10_000_000, description="Stop after this many messages.")
     ] = None,
+    message_format: FormatParam = None,
+    metadata_headers: MetadataHeadersParam = [],  # noqa: B006  (FastAPI copies defaults)
 ) -> Response:
     listing = state.listing.listing(
         account,
@@ -84,6 +101,11 @@ async def list_messages(
         caller.client_id,
     )
     first = await listing.first_page()
+    if message_format is not None:
+        return await details_answer(
+            state, listing, first, DetailsQuery(message_format, metadata_headers),
+            ndjson=NDJSON in request.headers.get("accept", ""),
+        )  # fmt: skip
     if NDJSON in request.headers.get("accept", ""):
         return StreamingResponse(
             stream(listing, first), media_type=NDJSON, headers={"Cache-Control": "no-store"}
