@@ -1,5 +1,19 @@
 """Google's OAuth 2.0 and OpenID Connect endpoints: authorize (with a consent page), token,
 revoke, userinfo, JWKS and discovery.
+
+Identity as Google documents it (https://developers.google.com/identity/openid-connect/reference):
+
+- The authorization response carries `iss` (RFC 9207), success and error alike, and the
+  discovery document says so with `authorization_response_iss_parameter_supported`.
+- The ID token from a code exchange carries the authorization request's `nonce`.
+- `aud` is the client; `azp` names the client that asked, which differs for hybrid apps
+  whose web and Android clients share a project (google-auth-library's TokenPayload:
+  "only needed when the party requesting the ID token is not the same as the audience").
+  A client's `extra_audiences` and `azp` (control API) issue such multi-audience tokens.
+- `email` "may not be unique and is not suitable for use as a primary key", and
+  `email_verified` says whether Google verified it: per user here (`email_claim`,
+  `email_verified`), so a test can play an account claiming someone else's address.
+- The consent page preselects `login_hint`, and the user may pick any other account.
 """
 
 from __future__ import annotations
@@ -125,19 +139,24 @@ def _issuer(state: SandboxState, request: Request) -> str:
     return state.issuer or str(request.base_url).rstrip("/")
 
 
-def _id_token(state: SandboxState, request: Request, grant: Grant, client_id: str) -> str:
+def _id_token(
+    state: SandboxState, request: Request, grant: Grant, client_id: str, nonce: str | None
+) -> str:
     user = state.users[grant.email]
+    client = state.clients[client_id]
     now = int(time.time())
     claims: dict[str, Any] = {
         "iss": _issuer(state, request),
-        "azp": client_id,
-        "aud": client_id,
+        "azp": client.azp or client_id,
+        "aud": [client_id, *client.extra_audiences] if client.extra_audiences else client_id,
         "sub": user.sub,
         "iat": now,
         "exp": now + 3600,
     }
+    if nonce is not None:
+        claims["nonce"] = nonce
     if "email" in grant.scopes:
-        claims.update(email=user.email, email_verified=True)
+        claims.update(email=user.claimed_email, email_verified=user.email_verified)
     if "profile" in grant.scopes:
         claims.update(name=user.name)
     header = {"alg": "RS256", "kid": state.signing_key.kid}
@@ -147,6 +166,10 @@ def _id_token(state: SandboxState, request: Request, grant: Grant, client_id: st
 def oauth_router(state: SandboxState) -> APIRouter:
     router = APIRouter(tags=["oauth"])
 
+    def answer(request: Request, redirect_uri: str, params: dict[str, str]) -> Response:
+        """The authorization response, naming its issuer (RFC 9207)."""
+        return _redirect(redirect_uri, {**params, "iss": _issuer(state, request)})
+
     @router.get(AUTHORIZE_PATH, response_class=HTMLResponse, summary="Authorization endpoint")
     async def authorize(request: Request) -> Response:
         params = dict(request.query_params)
@@ -154,7 +177,8 @@ def oauth_router(state: SandboxState) -> APIRouter:
         if problem is not None:
             return problem
         if params.get("prompt") == "none":
-            return _redirect(
+            return answer(
+                request,
                 params["redirect_uri"],
                 {"error": "consent_required", "state": params.get("state", "")},
             )
@@ -174,9 +198,9 @@ def oauth_router(state: SandboxState) -> APIRouter:
         if problem is not None:
             return problem
         redirect_uri = params["redirect_uri"]
-        answer = {"state": params["state"]} if "state" in params else {}
+        with_state = {"state": params["state"]} if "state" in params else {}
         if form.get("decision") != "allow":
-            return _redirect(redirect_uri, {"error": "access_denied", **answer})
+            return answer(request, redirect_uri, {"error": "access_denied", **with_state})
         email = str(form.get("email_other") or form.get("email") or params.get("login_hint") or "")
         if "@" not in email:
             return error_page(400, "invalid_request", "Choose an account to continue.")
@@ -204,6 +228,7 @@ def oauth_router(state: SandboxState) -> APIRouter:
                 else None,
                 issue_refresh_token=offline and (existing is None or forced),
                 expires_at=time.time() + state.code_ttl,
+                nonce=params.get("nonce"),
             )
         )
         if redirect_uri == "postmessage":
@@ -214,10 +239,11 @@ def oauth_router(state: SandboxState) -> APIRouter:
                 f'<code id="code" data-code="{html.escape(code)}"></code>'
                 f"<script>window.opener&&window.opener.postMessage({message},'*')</script>"
             )
-        return _redirect(
+        return answer(
+            request,
             redirect_uri,
             {
-                **answer,
+                **with_state,
                 "code": code,
                 "scope": " ".join(sorted(granted)),
                 "authuser": "0",
@@ -280,7 +306,7 @@ def oauth_router(state: SandboxState) -> APIRouter:
             grant = state.new_grant(code.email, client_id, set(code.scopes))
         grant.scopes = set(code.scopes)
         refresh_token = state.issue_refresh_token(grant) if code.issue_refresh_token else None
-        return _token_answer(request, grant, client_id, refresh_token)
+        return _token_answer(request, grant, client_id, refresh_token, nonce=code.nonce)
 
     def _refresh(request: Request, client_id: str, form: dict[str, str]) -> Response:
         presented = form.get("refresh_token")
@@ -303,7 +329,12 @@ def oauth_router(state: SandboxState) -> APIRouter:
         return _token_answer(request, grant, client_id, refresh_token)
 
     def _token_answer(
-        request: Request, grant: Grant, client_id: str, refresh_token: str | None
+        request: Request,
+        grant: Grant,
+        client_id: str,
+        refresh_token: str | None,
+        *,
+        nonce: str | None = None,
     ) -> Response:
         access_token, lifetime = state.issue_access_token(grant)
         body: dict[str, Any] = {
@@ -315,7 +346,7 @@ def oauth_router(state: SandboxState) -> APIRouter:
         if refresh_token is not None:
             body["refresh_token"] = refresh_token
         if "openid" in grant.scopes:
-            body["id_token"] = _id_token(state, request, grant, client_id)
+            body["id_token"] = _id_token(state, request, grant, client_id, nonce)
         return JSONResponse(body, headers=NO_STORE)
 
     @router.post("/revoke", summary="Revoke a grant by its access or refresh token")
@@ -354,7 +385,7 @@ def oauth_router(state: SandboxState) -> APIRouter:
         access, user = found
         body: dict[str, Any] = {"sub": user.sub}
         if "email" in access.scopes:
-            body.update(email=user.email, email_verified=True)
+            body.update(email=user.claimed_email, email_verified=user.email_verified)
         if "profile" in access.scopes:
             body.update(name=user.name, given_name=user.name.split()[0])
         return JSONResponse(body)
@@ -367,7 +398,7 @@ def oauth_router(state: SandboxState) -> APIRouter:
         access, user = found
         body: dict[str, Any] = {"id": user.sub}
         if "email" in access.scopes:
-            body.update(email=user.email, verified_email=True)
+            body.update(email=user.claimed_email, verified_email=user.email_verified)
         if "profile" in access.scopes:
             body.update(name=user.name)
         return JSONResponse(body)
@@ -400,15 +431,18 @@ def oauth_router(state: SandboxState) -> APIRouter:
                 ],
                 "claims_supported": [
                     "aud",
+                    "azp",
                     "email",
                     "email_verified",
                     "exp",
                     "iat",
                     "iss",
                     "name",
+                    "nonce",
                     "sub",
                 ],
                 "code_challenge_methods_supported": ["plain", "S256"],
+                "authorization_response_iss_parameter_supported": True,
                 "grant_types_supported": ["authorization_code", "refresh_token"],
             }
         )
