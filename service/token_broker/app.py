@@ -37,7 +37,7 @@ from token_broker.services.connect import ConnectService
 from token_broker.services.keepalive import KeepAlive
 from token_broker.services.listing import ListingService
 from token_broker.services.readiness import Readiness
-from token_broker.services.reauthorization import ReauthorizationLinks
+from token_broker.services.reauthorization import ReauthorizationLinks, link_endpoint
 from token_broker.services.tokens import TokenService
 from token_broker.services.webhooks import Webhooks
 from token_broker.settings import ConfigurationError, Settings, load_settings
@@ -149,8 +149,13 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
             authorizations = AuthorizationService(
                 database=database, keyring=keyring, oauth=oauth_client, settings=settings
             )
+            assert settings.redirect_uri is not None  # serving_problems() checked it
             links = ReauthorizationLinks(
-                authorizations, lifetime_seconds=settings.state_ttl_seconds / 2
+                authorizations=authorizations,
+                database=database,
+                keyring=keyring,
+                endpoint=link_endpoint(settings.redirect_uri),
+                lifetime_seconds=settings.reauthorization_link_ttl_seconds,
             )
             connect = ConnectService(
                 database=database,
@@ -200,6 +205,7 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
             app.state.web = WebState(
                 authenticator=authenticator,
                 authorizations=authorizations,
+                links=links,
                 connect=connect,
                 accounts=AccountService(
                     database, account_states=account_states, oauth=oauth_client, changes=changes

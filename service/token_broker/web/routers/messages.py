@@ -13,6 +13,7 @@ from pydantic import StringConstraints
 
 from token_broker.errors import (
     AccountNotFound,
+    AmbiguousAccount,
     InternalError,
     ProviderRejectedClient,
     ReauthorizationRequired,
@@ -49,6 +50,7 @@ _NDJSON_DOC = (
         **problem_responses(
             *caller_problems(),
             AccountNotFound,
+            AmbiguousAccount,
             ReauthorizationRequired,
             UpstreamRateLimited,
             ProviderRejectedClient,
