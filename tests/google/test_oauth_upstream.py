@@ -282,3 +282,106 @@ async def test_absurd_expires_in_is_bounded(broker: Broker, upstream: respx.Mock
 
     expires = datetime.fromisoformat(response.json()["access_token_expires_at"])
     assert expires - datetime.now(expires.tzinfo) <= timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("nonce_claim", "accepted"),
+    [("sent", True), (None, False), ("another-flow's-nonce", False)],
+    ids=["matching", "missing", "other"],
+)
+async def test_the_id_token_must_carry_the_flows_nonce(
+    broker: Broker, upstream: respx.MockRouter, nonce_claim: str | None, accepted: bool
+) -> None:
+    def token_for(nonce: str) -> str:
+        return id_token(nonce=nonce if nonce_claim == "sent" else nonce_claim)
+
+    response, _ = await callback(broker, upstream, id_token_for=token_for)
+    if accepted:
+        assert response.status_code == 200
+        return
+    assert response.status_code == 502
+    assert "invalid_claim: nonce" in response.text
+    accounts = await broker.client.get(
+        "/v1/accounts", headers=await broker.headers(Permission.ACCOUNTS_READ)
+    )
+    assert accounts.json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("claims", "accepted"),
+    [
+        ({"aud": [TEST_CLIENT_ID, "android.apps.googleusercontent.com"]}, True),
+        ({"aud": [TEST_CLIENT_ID, "other"], "azp": "other"}, False),
+        ({"aud": [TEST_CLIENT_ID, "other"], "azp": None}, False),
+        # One audience: azp may name another client of the project (Google's hybrid apps).
+        ({"aud": TEST_CLIENT_ID, "azp": "android.apps.googleusercontent.com"}, True),
+    ],
+    ids=["several-azp-us", "several-azp-other", "several-no-azp", "one-azp-other"],
+)
+async def test_several_audiences_need_azp_to_be_this_client(
+    broker: Broker, upstream: respx.MockRouter, claims: dict[str, Any], accepted: bool
+) -> None:
+    response, _ = await callback(broker, upstream, **claims)
+    assert (response.status_code == 200) is accepted, response.text
+    if not accepted:
+        assert "invalid_claim: azp" in response.text
+
+
+async def test_callback_with_another_issuer_exchanges_nothing(
+    broker: Broker, upstream: respx.MockRouter
+) -> None:
+    params = await start(broker)
+    route = upstream.post("/token").respond(json=token_body())
+    response = await broker.client.get(
+        "/v1/oauth/callback",
+        params={"code": "4/0Acode", "state": params["state"], "iss": "https://evil.example"},
+    )
+    assert response.status_code == 400
+    assert "issuer_mismatch" in response.text
+    assert route.call_count == 0
+
+
+@pytest.mark.parametrize(
+    ("identity", "verified"),
+    [
+        ({"email_verified": True}, True),
+        ({"email_verified": "true"}, True),  # very old Google tokens
+        ({"email_verified": False}, False),
+        ({"email_verified": "false"}, False),
+        ({"email_verified": None}, False),  # not said: not verified
+    ],
+)
+async def test_email_verified_is_read_strictly(
+    broker: Broker, upstream: respx.MockRouter, identity: dict[str, Any], verified: bool
+) -> None:
+    upstream.post("/token").respond(
+        json=token_body(id_token=id_token(email=" Alice@EXAMPLE.com ", **identity))
+    )
+    exchanged = await broker.client.post(
+        "/v1/oauth/exchange",
+        json={"code": "4/0Ax"},
+        headers=await broker.headers(Permission.ACCOUNTS_WRITE),
+    )
+    assert exchanged.status_code == 200, exchanged.text
+    assert exchanged.json()["email"] == "alice@example.com"
+    assert exchanged.json()["email_verified"] is verified
+    by_email = await broker.client.get(
+        "/v1/accounts/alice@example.com", headers=await broker.headers(Permission.ACCOUNTS_READ)
+    )
+    assert by_email.status_code == (200 if verified else 404)
+
+
+@pytest.mark.parametrize("field", ["email_verified", "verified_email"])
+async def test_userinfo_verification_is_read_in_both_shapes(
+    broker: Broker, upstream: respx.MockRouter, field: str
+) -> None:
+    upstream.post("/token").respond(json=token_body(id_token=None))
+    upstream.get("/v1/userinfo").respond(
+        json={"sub": SUBJECT, "email": "alice@example.com", field: False}
+    )
+    exchanged = await broker.client.post(
+        "/v1/oauth/exchange",
+        json={"code": "4/0Ax"},
+        headers=await broker.headers(Permission.ACCOUNTS_WRITE),
+    )
+    assert exchanged.json()["email_verified"] is False
