@@ -66,9 +66,12 @@ it exchanges the authorization code once, keeps each account's refresh token
 encrypted, and hands internal services fresh access tokens and complete Gmail
 message listings.
 
-Every `/v1` endpoint except the OAuth callback takes an API key as
-`Authorization: Bearer tbk_...`. Every error is `application/problem+json`
-(RFC 9457) with a stable `code`.
+Every `/v1` endpoint except the OAuth callback and the re-authorization link (both
+opened by the user's browser) takes an API key as `Authorization: Bearer tbk_...`.
+Every error is `application/problem+json` (RFC 9457) with a stable `code`.
+
+A connect flow's result is confirmed with `GET /v1/authorizations/{id}` by the client
+that started it; the redirect back to `return_to` carries only the id and a status.
 """
 
 

@@ -471,3 +471,23 @@ async def test_discovery_announces_the_callback_iss(provider: Provider, live: Li
     document = (await live.browser.get(f"{provider.url}/.well-known/openid-configuration")).json()
     assert document["authorization_response_iss_parameter_supported"] is True
     assert document["issuer"] == provider.url
+
+
+async def test_the_new_problems_are_documented(live: Live) -> None:
+    from pathlib import Path
+
+    from token_broker.errors import (
+        AccountMismatch,
+        AmbiguousAccount,
+        AuthorizationNotFound,
+        InvalidLink,
+        IssuerMismatch,
+    )
+
+    openapi = (await live.broker.client.get("/openapi.json")).text
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for problem in (
+        AccountMismatch, AmbiguousAccount, AuthorizationNotFound, InvalidLink, IssuerMismatch
+    ):  # fmt: skip
+        assert f"`{problem.code}`" in openapi, problem.code
+        assert f"| `{problem.code}` | {problem.status} |" in readme, problem.code
