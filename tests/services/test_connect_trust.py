@@ -18,10 +18,11 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
-from tests.support.brokers import Broker
+from tests.support.brokers import TEST_KEYS, Broker
 from tests.support.flow import Live
 from tests.support.hygiene import register_secret
 from tests.support.provider import Provider
+from token_broker.errors import InvalidLink
 from token_broker.kit.clock import utcnow
 from token_broker.services.api_keys import Permission
 from token_broker.services.reauthorization import KEY_PURPOSE, ReauthorizationLinks
@@ -490,3 +491,44 @@ async def test_the_new_problems_are_documented(live: Live) -> None:
     ):  # fmt: skip
         assert f"`{problem.code}`" in openapi, problem.code
         assert f"| `{problem.code}` | {problem.status} |" in readme, problem.code
+
+
+async def test_links_signed_before_a_key_rotation_still_open(live: Live) -> None:
+    new_entry = Keyring.generate_entry("k2")
+    register_secret(new_entry.split(":", 1)[1])
+    web = live.broker.app.state.web
+
+    def links(spec: str) -> ReauthorizationLinks:
+        return ReauthorizationLinks(
+            authorizations=web.authorizations,
+            database=live.broker.state.database,
+            keyring=Keyring.parse(spec),
+            endpoint="https://broker.example/v1/oauth/reauthorize",
+            lifetime_seconds=600,
+        )
+
+    signed_before = links(TEST_KEYS).url(account_id=None, login_hint="x@example.com", client_id="c")
+    rotated = links(f"{new_entry},{TEST_KEYS}")  # the new key first, the old one kept
+    assert rotated.read(query(signed_before)["link"]).login_hint == "x@example.com"
+    signed_after = rotated.url(account_id=None, login_hint=None, client_id="c")
+    only_new = links(new_entry)
+    assert only_new.read(query(signed_after)["link"]).client_id == "c"
+    with pytest.raises(InvalidLink):
+        only_new.read(query(signed_before)["link"])  # the old key removed: its links end
+
+
+async def test_a_flow_started_by_an_older_replica_still_finishes(live: Live) -> None:
+    """During a rolling upgrade, an old replica writes states without id or nonce."""
+    started = await live.start(return_to=RETURN_TO)
+    async with live.broker.state.database.transaction() as session:
+        await session.execute(  # type: ignore[call-overload]
+            sa.update(OAuthState).values(authorization_id=None, nonce_hash=None)
+        )
+        await session.execute(sa.delete(Authorization))  # type: ignore[call-overload]
+    answer = await live.consent(started["authorization_url"])
+    response = await live.callback(answer)
+    returned = query(response.headers["location"])
+    assert returned["status"] == "connected"
+    (outcome,) = await rows(live.broker, Authorization)
+    assert outcome.id == returned["authorization"]
+    assert outcome.status == "connected"

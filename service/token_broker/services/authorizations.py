@@ -71,9 +71,7 @@ class ConsumedState:
 
     @property
     def authorization_id(self) -> str:
-        # Every state since migration 0003 names its authorization; that migration gave
-        # the flows in progress one too.
-        assert self.row.authorization_id is not None
+        assert self.row.authorization_id is not None  # see `consume`
         return self.row.authorization_id
 
     @property
@@ -217,6 +215,10 @@ class AuthorizationService:
             row = await OAuthStateRepository(session).consume(hash_state(state), utcnow())
         if row is None:
             return None
+        if row.authorization_id is None:
+            # Started by a replica older than migration 0003 (during a rolling upgrade):
+            # the flow gets its id, and its row, when it finishes, like a link's.
+            row.authorization_id = str(uuid.uuid4())
         verifier = self.keyring.open(
             row.code_verifier, column=OAuthState.CODE_VERIFIER, row=row.state_hash
         )
