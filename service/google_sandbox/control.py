@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
 from google_sandbox.state import FaultKind, FaultRule, SandboxState
@@ -35,9 +35,26 @@ class SandboxSettings(BaseModel):
 
 
 class UserSpec(BaseModel):
-    email: str
+    email: str = Field(description="How the account signs in at the consent page.")
     name: str | None = None
     mailbox_size: int | None = Field(default=None, ge=0, le=1_000_000)
+    email_claim: str | None = Field(
+        default=None,
+        description="The address its ID token and userinfo report (default: `email`); "
+        "another account's address, in any letter case, to play a shadowing attempt.",
+    )
+    email_verified: bool | None = Field(
+        default=None, description="What `email_verified` says (default true)."
+    )
+
+
+class ClientSpec(BaseModel):
+    extra_audiences: list[str] | None = Field(
+        default=None, description="More `aud` values in this client's ID tokens."
+    )
+    azp: str | None = Field(
+        default=None, description="`azp` of its ID tokens (default: the client id)."
+    )
 
 
 def control_router(state: SandboxState) -> APIRouter:
@@ -90,10 +107,35 @@ def control_router(state: SandboxState) -> APIRouter:
             "published_kids": [key.kid for key in state.signing_keys.published],
         }
 
-    @router.post("/users", status_code=201, summary="Create a user or resize their mailbox")
+    @router.post(
+        "/users", status_code=201, summary="Create a user, or change their mailbox or email claim"
+    )
     async def add_user(spec: UserSpec) -> dict[str, Any]:
-        user = state.add_user(spec.email, name=spec.name, mailbox_size=spec.mailbox_size)
-        return {"email": user.email, "sub": user.sub, "mailbox_size": user.mailbox_size}
+        user = state.add_user(
+            spec.email,
+            name=spec.name,
+            mailbox_size=spec.mailbox_size,
+            email_claim=spec.email_claim,
+            email_verified=spec.email_verified,
+        )
+        return {
+            "email": user.email,
+            "sub": user.sub,
+            "mailbox_size": user.mailbox_size,
+            "email_claim": user.claimed_email,
+            "email_verified": user.email_verified,
+        }
+
+    @router.put("/clients/{client_id}", summary="A client's ID tokens: extra audiences, azp")
+    async def change_client(client_id: str, spec: ClientSpec) -> dict[str, Any]:
+        client = state.clients.get(client_id)
+        if client is None:
+            raise HTTPException(status_code=404, detail="no such client")
+        if spec.extra_audiences is not None:
+            client.extra_audiences = spec.extra_audiences
+        if "azp" in spec.model_fields_set:
+            client.azp = spec.azp
+        return {"extra_audiences": client.extra_audiences, "azp": client.azp or client_id}
 
     @router.post("/users/{email}/revoke", summary="Revoke every grant of a user")
     async def revoke_user(email: str) -> dict[str, int]:

@@ -25,7 +25,7 @@ from joserfc import jwt
 
 from google_sandbox.keys import SigningKey
 from google_sandbox.scopes import USERINFO_EMAIL, USERINFO_PROFILE
-from google_sandbox.state import SandboxUser
+from google_sandbox.state import SandboxClient, SandboxUser
 
 ID_TOKEN_LIFETIME = 3600
 
@@ -47,7 +47,7 @@ def id_token(
     key: SigningKey,
     *,
     issuer: str,
-    client_id: str,
+    client: SandboxClient,
     user: SandboxUser,
     scopes: set[str],
     access_token: str,
@@ -56,15 +56,19 @@ def id_token(
     now = int(time.time())
     claims: dict[str, Any] = {
         "iss": issuer,
-        "azp": client_id,
-        "aud": client_id,
+        # A client's extra audiences make a multi-audience token, whose `azp` names the
+        # client that asked (see oauth.py's docstring).
+        "azp": client.azp or client.client_id,
+        "aud": [client.client_id, *client.extra_audiences]
+        if client.extra_audiences
+        else client.client_id,
         "sub": user.sub,
         "at_hash": at_hash(access_token),
         "iat": now,
         "exp": now + ID_TOKEN_LIFETIME,
     }
     if USERINFO_EMAIL in scopes:
-        claims.update(email=user.email, email_verified=True)
+        claims.update(email=user.claimed_email, email_verified=user.email_verified)
     if USERINFO_PROFILE in scopes:
         claims.update(_profile(user))
     if nonce is not None:
@@ -77,14 +81,14 @@ def oidc_userinfo(user: SandboxUser, scopes: set[str]) -> dict[str, Any]:
     if USERINFO_PROFILE in scopes:
         body.update(_profile(user))
     if USERINFO_EMAIL in scopes:
-        body.update(email=user.email, email_verified=True)
+        body.update(email=user.claimed_email, email_verified=user.email_verified)
     return body
 
 
 def v2_userinfo(user: SandboxUser, scopes: set[str]) -> dict[str, Any]:
     body: dict[str, Any] = {"id": user.sub}
     if USERINFO_EMAIL in scopes:
-        body.update(email=user.email, verified_email=True)
+        body.update(email=user.claimed_email, verified_email=user.email_verified)
     if USERINFO_PROFILE in scopes:
         body.update(_profile(user))
     return body

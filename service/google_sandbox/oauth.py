@@ -16,6 +16,20 @@ Facts beyond those in `scopes.py`, `keys.py` and `identity.py`:
   token", `google.oauth2._client.refresh_grant`); unknown names are `invalid_scope`.
 - Discovery: every endpoint lives under the same root as the discovery document, so a
   sandbox mounted under a prefix (dev mode's `/sandbox`) names working URLs.
+
+Identity as Google documents it (https://developers.google.com/identity/openid-connect/reference):
+
+- The authorization response carries `iss` (RFC 9207), success and error alike, and the
+  discovery document says so with `authorization_response_iss_parameter_supported`.
+- The ID token from a code exchange carries the authorization request's `nonce`.
+- `aud` is the client; `azp` names the client that asked, which differs for hybrid apps
+  whose web and Android clients share a project (google-auth-library's TokenPayload:
+  "only needed when the party requesting the ID token is not the same as the audience").
+  A client's `extra_audiences` and `azp` (control API) issue such multi-audience tokens.
+- `email` "may not be unique and is not suitable for use as a primary key", and
+  `email_verified` says whether Google verified it: per user here (`email_claim`,
+  `email_verified`), so a test can play an account claiming someone else's address.
+- The consent page preselects `login_hint`, and the user may pick any other account.
 """
 
 from __future__ import annotations
@@ -115,8 +129,20 @@ def _signed_in(state: SandboxState, request: Request, login_hint: str) -> Sandbo
     return state.users.get(email)
 
 
+def _authorization_response(
+    state: SandboxState, request: Request, redirect_uri: str, params: dict[str, str]
+) -> Response:
+    """The authorization response, success or error, naming its issuer (RFC 9207)."""
+    return _redirect(redirect_uri, {**params, "iss": _issuer(state, request)})
+
+
 def _code_redirect(
-    state: SandboxState, params: dict[str, str], code: AuthCode, *, prompt: str
+    state: SandboxState,
+    request: Request,
+    params: dict[str, str],
+    code: AuthCode,
+    *,
+    prompt: str,
 ) -> Response:
     value = state.issue_code(code)
     if code.redirect_uri == "postmessage":
@@ -128,7 +154,9 @@ def _code_redirect(
             f"<script>window.opener&&window.opener.postMessage({message},'*')</script>"
         )
     answer = {"state": params["state"]} if "state" in params else {}
-    return _redirect(
+    return _authorization_response(
+        state,
+        request,
         code.redirect_uri,
         {
             **answer,
@@ -148,14 +176,18 @@ def oauth_router(state: SandboxState) -> APIRouter:
         answer = {"state": params["state"]} if "state" in params else {}
         user = _signed_in(state, request, params.get("login_hint", ""))
         if user is None:
-            return _redirect(params["redirect_uri"], {"error": "login_required", **answer})
+            return _authorization_response(
+                state, request, params["redirect_uri"], {"error": "login_required", **answer}
+            )
         requested = granted_names(params["scope"].split())
         grant = state.live_grant(user.email, params["client_id"])
         if grant is None or not requested <= grant.scopes:
-            return _redirect(params["redirect_uri"], {"error": "consent_required", **answer})
+            return _authorization_response(
+                state, request, params["redirect_uri"], {"error": "consent_required", **answer}
+            )
         scopes = grant.scopes if params.get("include_granted_scopes") == "true" else requested
         code = _auth_code(state, params, user, scopes, consented=False)
-        return _code_redirect(state, params, code, prompt="none")
+        return _code_redirect(state, request, params, code, prompt="none")
 
     @router.get(AUTHORIZE_PATH, response_class=HTMLResponse, summary="Authorization endpoint")
     async def authorize(request: Request) -> Response:
@@ -181,9 +213,11 @@ def oauth_router(state: SandboxState) -> APIRouter:
         if problem is not None:
             return problem
         redirect_uri = params["redirect_uri"]
-        answer = {"state": params["state"]} if "state" in params else {}
+        with_state = {"state": params["state"]} if "state" in params else {}
         if form.get("decision") != "allow":
-            return _redirect(redirect_uri, {"error": "access_denied", **answer})
+            return _authorization_response(
+                state, request, redirect_uri, {"error": "access_denied", **with_state}
+            )
         email = str(form.get("email_other") or form.get("email") or params.get("login_hint") or "")
         if "@" not in email:
             return error_page(400, "invalid_request", "Choose an account to continue.")
@@ -199,7 +233,7 @@ def oauth_router(state: SandboxState) -> APIRouter:
             or params.get("approval_prompt") == "force"
         )
         code = _auth_code(state, params, user, granted, consented=existing is None or forced)
-        response = _code_redirect(state, params, code, prompt="consent")
+        response = _code_redirect(state, request, params, code, prompt="consent")
         response.set_cookie(
             SESSION_COOKIE,
             state.sign_in(user.email),
@@ -316,7 +350,7 @@ def oauth_router(state: SandboxState) -> APIRouter:
             body["id_token"] = identity.id_token(
                 state.signing_keys.current,
                 issuer=_issuer(state, request),
-                client_id=client_id,
+                client=state.clients[client_id],
                 user=state.users[grant.email],
                 scopes=scopes,
                 access_token=access_token,
@@ -400,6 +434,7 @@ def oauth_router(state: SandboxState) -> APIRouter:
                 ],
                 "claims_supported": [
                     "aud",
+                    "azp",
                     "email",
                     "email_verified",
                     "exp",
@@ -408,9 +443,11 @@ def oauth_router(state: SandboxState) -> APIRouter:
                     "iat",
                     "iss",
                     "name",
+                    "nonce",
                     "sub",
                 ],
                 "code_challenge_methods_supported": ["plain", "S256"],
+                "authorization_response_iss_parameter_supported": True,
                 "grant_types_supported": ["authorization_code", "refresh_token"],
             }
         )

@@ -27,17 +27,35 @@ class SandboxClient:
     client_id: str
     client_secret: str
     redirect_uris: set[str]
+    # ID tokens for this client also name these audiences (a hybrid app's other clients),
+    # with `azp` saying who asked (default: this client).
+    extra_audiences: list[str] = field(default_factory=list)
+    azp: str | None = None
 
 
 @dataclass
 class SandboxUser:
+    """A Google account: `email` is how it signs in at the consent page (unique, lower case).
+
+    `email_claim` is the address its ID token and userinfo report (default: `email`),
+    which need not be verified (`email_verified`) and need not be unique: an address
+    can move from one Google account to another, and other providers let people type
+    any address they like.
+    """
+
     email: str
     sub: str
     name: str
     mailbox_size: int
+    email_claim: str | None = None
+    email_verified: bool = True
     _mailbox: list[Message] | None = None
     _index: dict[str, Message] | None = None
     deleted: set[str] = field(default_factory=set)
+
+    @property
+    def claimed_email(self) -> str:
+        return self.email_claim or self.email
 
     @property
     def mailbox(self) -> list[Message]:
@@ -173,7 +191,13 @@ class SandboxState:
         return client
 
     def add_user(
-        self, email: str, *, name: str | None = None, mailbox_size: int | None = None
+        self,
+        email: str,
+        *,
+        name: str | None = None,
+        mailbox_size: int | None = None,
+        email_claim: str | None = None,
+        email_verified: bool | None = None,
     ) -> SandboxUser:
         email = email.strip().lower()
         user = self.users.get(email)
@@ -190,6 +214,10 @@ class SandboxState:
         elif mailbox_size is not None:
             user.mailbox_size = mailbox_size
             self.searches.clear()
+        if email_claim is not None:
+            user.email_claim = email_claim
+        if email_verified is not None:
+            user.email_verified = email_verified
         self._changed()
         return user
 
@@ -311,11 +339,13 @@ class SandboxState:
         return {
             "clients": [
                 {"client_id": c.client_id, "client_secret": c.client_secret,
-                 "redirect_uris": sorted(c.redirect_uris - {"postmessage"})}
+                 "redirect_uris": sorted(c.redirect_uris - {"postmessage"}),
+                 "extra_audiences": c.extra_audiences, "azp": c.azp}
                 for c in self.clients.values()
             ],
             "users": [
-                {"email": u.email, "name": u.name, "mailbox_size": u.mailbox_size}
+                {"email": u.email, "name": u.name, "mailbox_size": u.mailbox_size,
+                 "email_claim": u.email_claim, "email_verified": u.email_verified}
                 for u in self.users.values()
             ],
             "grants": [
@@ -329,9 +359,19 @@ class SandboxState:
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         for client in snapshot.get("clients", []):
-            self.add_client(client["client_id"], client["client_secret"], client["redirect_uris"])
+            added = self.add_client(
+                client["client_id"], client["client_secret"], client["redirect_uris"]
+            )
+            added.extra_audiences = list(client.get("extra_audiences", []))
+            added.azp = client.get("azp")
         for user in snapshot.get("users", []):
-            self.add_user(user["email"], name=user["name"], mailbox_size=user["mailbox_size"])
+            self.add_user(
+                user["email"],
+                name=user["name"],
+                mailbox_size=user["mailbox_size"],
+                email_claim=user.get("email_claim"),
+                email_verified=user.get("email_verified"),
+            )
         for grant in snapshot.get("grants", []):
             self.grants[grant["id"]] = Grant(
                 id=grant["id"],

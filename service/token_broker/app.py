@@ -40,7 +40,7 @@ from token_broker.services.gmail_quota import GmailQuota
 from token_broker.services.keepalive import KeepAlive
 from token_broker.services.listing import ListingService
 from token_broker.services.readiness import Readiness
-from token_broker.services.reauthorization import ReauthorizationLinks
+from token_broker.services.reauthorization import ReauthorizationLinks, link_endpoint
 from token_broker.services.tokens import TokenService
 from token_broker.services.webhooks import Webhooks
 from token_broker.settings import ConfigurationError, Settings, load_settings
@@ -70,9 +70,12 @@ it exchanges the authorization code once, keeps each account's refresh token
 encrypted, and hands internal services fresh access tokens and complete Gmail
 message listings.
 
-Every `/v1` endpoint except the OAuth callback takes an API key as
-`Authorization: Bearer tbk_...`. Every error is `application/problem+json`
-(RFC 9457) with a stable `code`.
+Every `/v1` endpoint except the OAuth callback and the re-authorization link (both
+opened by the user's browser) takes an API key as `Authorization: Bearer tbk_...`.
+Every error is `application/problem+json` (RFC 9457) with a stable `code`.
+
+A connect flow's result is confirmed with `GET /v1/authorizations/{id}` by the client
+that started it; the redirect back to `return_to` carries only the id and a status.
 """
 
 
@@ -155,8 +158,13 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
             authorizations = AuthorizationService(
                 database=database, keyring=keyring, oauth=oauth_client, settings=settings
             )
+            assert settings.redirect_uri is not None  # serving_problems() checked it
             links = ReauthorizationLinks(
-                authorizations, lifetime_seconds=settings.state_ttl_seconds / 2
+                authorizations=authorizations,
+                database=database,
+                keyring=keyring,
+                endpoint=link_endpoint(settings.redirect_uri),
+                lifetime_seconds=settings.reauthorization_link_ttl_seconds,
             )
             connect = ConnectService(
                 database=database,
@@ -226,6 +234,7 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
             app.state.web = WebState(
                 authenticator=authenticator,
                 authorizations=authorizations,
+                links=links,
                 connect=connect,
                 accounts=AccountService(
                     database, account_states=account_states, oauth=oauth_client, changes=changes

@@ -155,6 +155,26 @@ class TooManyForJson(BrokerError):
     )
 
 
+class AmbiguousAccount(BrokerError):
+    status = 409
+    code = "ambiguous_account"
+    title = "Ambiguous account"
+    default_detail = (
+        "Several connected accounts hold this verified email address (an address can move "
+        "between Google accounts); use one of the subjects listed in `subjects`."
+    )
+
+
+class AuthorizationNotFound(BrokerError):
+    status = 404
+    code = "authorization_not_found"
+    title = "Authorization not found"
+    default_detail = (
+        "This API client started no authorization with that id, or its outcome is older "
+        "than TOKEN_BROKER_AUTHORIZATION_RETENTION_DAYS."
+    )
+
+
 class MethodNotAllowed(BrokerError):
     status = 405
     code = "method_not_allowed"
@@ -190,6 +210,26 @@ class InvalidState(BrokerError):
     default_detail = "The state is unknown, already used or expired; start the authorization again."
 
 
+class IssuerMismatch(BrokerError):
+    status = 400
+    code = "issuer_mismatch"
+    title = "Wrong issuer in the callback"
+    default_detail = (
+        "The callback's iss (RFC 9207) does not name the configured provider; nothing was "
+        "exchanged. Start the authorization again."
+    )
+
+
+class InvalidLink(BrokerError):
+    status = 400
+    code = "invalid_link"
+    title = "Invalid re-authorization link"
+    default_detail = (
+        "The link is malformed, altered or expired, or its account no longer exists; ask "
+        "the service that sent it for a new one."
+    )
+
+
 class AccessDenied(BrokerError):
     status = 400
     code = "access_denied"
@@ -222,6 +262,16 @@ class ScopeNotGranted(BrokerError):
     code = "scope_not_granted"
     title = "Required scope not granted"
     default_detail = "The user did not grant a scope the broker requires."
+
+
+class AccountMismatch(BrokerError):
+    status = 403
+    code = "account_mismatch"
+    title = "A different Google account"
+    default_detail = (
+        "This link reconnects one particular account, and consent was given as another; "
+        "nothing was stored. Sign in with the account the link was sent for."
+    )
 
 
 class ReauthorizationRequired(BrokerError):

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
 
     # OAuth flow
     state_ttl_seconds: int = Field(default=600, ge=30, le=3600)
+    # Long enough for a link in a 409 to be emailed to the user and opened days later.
+    reauthorization_link_ttl_seconds: int = Field(default=7 * 86_400, ge=300, le=30 * 86_400)
+    authorization_retention_days: int = Field(default=30, ge=1, le=3650)
     id_token_leeway_seconds: int = Field(default=60, ge=0, le=600)
     jwks_cache_seconds: int = Field(default=3600, ge=0, le=86_400)
 

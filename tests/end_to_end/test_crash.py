@@ -177,7 +177,7 @@ async def seed_accounts(database_url: str, count: int) -> None:
         account_id = str(uuid.uuid4())
         rows.append({
             "id": account_id, "provider": "google", "subject": f"{10**20 + index}",
-            "email": f"user{index}@example.com", "status": "active",
+            "email": f"user{index}@example.com", "email_verified": True, "status": "active",
             "scopes": "https://www.googleapis.com/auth/gmail.readonly",
             "refresh_token": keyring.seal(f"1//seeded-{index}", column=Account.REFRESH_TOKEN, row=account_id),
             "access_token": keyring.seal(f"ya29.seeded-{index}", column=Account.ACCESS_TOKEN, row=account_id),

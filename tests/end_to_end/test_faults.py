@@ -116,7 +116,9 @@ async def test_code_exchange(live: Live, waits: list[float], fault: str) -> None
     _, kind = FAULTS[fault]
     expected = "upstream_error" if kind == "garbled" else "upstream_unavailable"
     assert response.status_code == 303
-    assert response.headers["location"] == f"https://app.example/connected?error={expected}"
+    assert response.headers["location"] == (
+        f"https://app.example/connected?authorization={started['id']}&status=failed&error={expected}"
+    )
     assert rule.seen == 1  # a code is single use: never retried
     async with live.broker.state.database.transaction() as session:
         assert (await session.exec(select(Account))).all() == []

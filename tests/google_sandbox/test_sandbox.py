@@ -177,7 +177,12 @@ async def test_consent_redirects_with_code_state_and_granted_scopes(sandbox: San
 
 async def test_denied_consent_redirects_with_access_denied(sandbox: Sandbox) -> None:
     answer = await consent(sandbox.http, sandbox.authorize_url(), decision="deny")
-    assert answer == {"error": "access_denied", "state": "st-1", "_redirect": REDIRECT}
+    assert answer == {
+        "error": "access_denied",
+        "state": "st-1",
+        "iss": sandbox.url,
+        "_redirect": REDIRECT,
+    }
 
 
 async def test_unticked_scope_is_not_granted(sandbox: Sandbox) -> None:

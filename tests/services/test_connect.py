@@ -43,8 +43,10 @@ async def test_authorization_url_carries_every_parameter(live: Live) -> None:
         "login_hint": "alice@example.com",
         "code_challenge": params["code_challenge"],
         "code_challenge_method": "S256",
+        "nonce": params["nonce"],
     }
     assert len(params["code_challenge"]) == 43
+    assert len(params["nonce"]) >= 32
     assert "approval_prompt" not in params
     # The state is stored hashed, with its PKCE verifier sealed.
     async with live.broker.state.database.transaction() as session:
@@ -54,6 +56,8 @@ async def test_authorization_url_carries_every_parameter(live: Live) -> None:
     assert started["state"] not in row.state_hash
     assert row.code_verifier.startswith("tb1.test1.")
     assert row.return_to == RETURN_TO
+    assert row.authorization_id == started["id"]
+    assert row.nonce_hash == hash_state(params["nonce"])  # the nonce is stored hashed too
 
 
 async def test_connect_stores_an_encrypted_refresh_token(live: Live) -> None:
@@ -63,7 +67,11 @@ async def test_connect_stores_an_encrypted_refresh_token(live: Live) -> None:
     assert response.status_code == 303
     assert response.headers["referrer-policy"] == "no-referrer"
     user = live.provider.state.users["alice@example.com"]
-    assert response.headers["location"] == f"{RETURN_TO}?account={user.sub}&status=connected"
+    # Only the authorization id and a status: the app confirms the result over the API.
+    assert response.headers["location"] == (
+        f"{RETURN_TO}?authorization={started['id']}&status=connected"
+    )
+    assert user.sub not in response.headers["location"]
 
     account = await live.stored(user.sub)
     assert account.status == "active"
@@ -131,7 +139,9 @@ async def test_denied_consent_reaches_return_to_as_an_error(live: Live) -> None:
     answer = await live.consent(started["authorization_url"], decision="deny")
     response = await live.callback(answer)
     assert response.status_code == 303
-    assert response.headers["location"] == f"{RETURN_TO}?error=access_denied"
+    assert response.headers["location"] == (
+        f"{RETURN_TO}?authorization={started['id']}&status=failed&error=access_denied"
+    )
 
 
 def code_client_url(live: Live, **extra: str) -> str:
@@ -179,7 +189,9 @@ async def test_exchange_without_any_refresh_token_is_409_with_url(live: Live) ->
     assert response.status_code == 409
     body = response.json()
     assert body["code"] == "no_refresh_token"
-    assert query(body["authorization_url"])["prompt"] == "consent"
+    opened = await live.open_link(body["authorization_url"])
+    assert opened.status_code == 303
+    assert query(opened.headers["location"])["prompt"] == "consent"
     assert await account_count(live) == 0
 
 
@@ -194,7 +206,9 @@ async def test_unticked_gmail_scope_stores_nothing(live: Live) -> None:
         started["authorization_url"], granted_scopes=["openid", "email", "profile"]
     )
     response = await live.callback(answer)
-    assert response.headers["location"] == f"{RETURN_TO}?error=scope_not_granted"
+    assert response.headers["location"] == (
+        f"{RETURN_TO}?authorization={started['id']}&status=failed&error=scope_not_granted"
+    )
     assert await account_count(live) == 0
 
 
@@ -218,7 +232,7 @@ async def test_bad_code_gives_code_exchange_failed_with_fresh_url(live: Live) ->
     assert response.status_code == 400
     body = response.json()
     assert body["code"] == "code_exchange_failed"
-    assert body["authorization_url"].startswith(live.provider.url)
+    assert body["authorization_url"].startswith("https://broker.example/v1/oauth/reauthorize?link=")
     assert "4/0Anot-a-real-code" not in response.text
 
 

@@ -270,6 +270,7 @@ async def test_webhook_per_state_change_signed_and_retried(
         )
         live = Live(provider, broker, browser)
         subject = await connect(live)
+        await eventually(lambda: len(receiver.received) == 1, within=10)
         provider.state.revoke_user("alice@example.com")
         headers = await live.headers()
         revoked = await broker.client.get(
@@ -278,9 +279,11 @@ async def test_webhook_per_state_change_signed_and_retried(
             headers=headers,
         )
         assert revoked.status_code == 409
-        await eventually(lambda: len(receiver.received) == 1, within=10)
-        assert (await live.connect()).status_code == 200  # reconnect: active again
         await eventually(lambda: len(receiver.received) == 2, within=10)
+        started = await live.start(login_hint="alice@example.com")
+        answer = await live.consent(started["authorization_url"], email="alice@example.com")
+        assert (await live.callback(answer)).status_code == 200  # reconnect: active again
+        await eventually(lambda: len(receiver.received) == 4, within=10)
 
     events = []
     for request_headers, body in receiver.received:
@@ -294,17 +297,22 @@ async def test_webhook_per_state_change_signed_and_retried(
         event = json.loads(body)
         assert request_headers["token-broker-event-id"] == event["id"]
         events.append(event)
-    assert [e["type"] for e in events] == ["account.revoked", "account.reactivated"]
+    assert [e["type"] for e in events[:2]] == ["account.connected", "account.revoked"]
+    assert {e["type"] for e in events[2:]} == {"account.reactivated", "account.connected"}
     assert events[0]["account"]["subject"] == subject
-    assert events[0]["account"]["status"] == "revoked"
-    assert events[0]["reason"] == "invalid_grant"
-    assert events[1]["account"]["status"] == "active"
+    assert events[0]["authorization"] is not None
+    assert events[1]["account"]["status"] == "revoked"
+    assert events[1]["reason"] == "invalid_grant"
+    assert "authorization" not in events[1]
+    assert all(e["account"]["status"] == "active" for e in events[2:])
+    # The reconnect's events name the authorization that caused them.
+    assert {e["authorization"] for e in events[2:]} == {started["id"]}
     assert all("ya29" not in json.dumps(e) and "1//" not in json.dumps(e) for e in events)
     async with broker.state.database.transaction() as session:
         deliveries = (
             await session.exec(select(WebhookDelivery).order_by(WebhookDelivery.created_at))
         ).all()
-    assert [d.attempts for d in deliveries] == [2, 1]
+    assert [d.attempts for d in deliveries] == [2, 1, 1, 1]
     assert all(d.delivered_at is not None for d in deliveries)
 
 

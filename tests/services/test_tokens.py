@@ -17,7 +17,7 @@ from sqlmodel import select
 from tests.support.brokers import TEST_CLIENT_ID, TEST_CLIENT_SECRET, UPSTREAM, Broker
 from tests.support.google_fakes import SUBJECT, form, token_body
 from token_broker.services.api_keys import Permission
-from token_broker.store.models import Account, AuditEvent
+from token_broker.store.models import Account, AuditEvent, OAuthState
 
 
 class Caller:
@@ -34,6 +34,10 @@ class Caller:
     async def stored(self) -> Account:
         async with self.broker.state.database.transaction() as session:
             return (await session.exec(select(Account))).one()
+
+    async def state_rows(self) -> int:
+        async with self.broker.state.database.transaction() as session:
+            return len((await session.exec(select(OAuthState))).all())
 
     def forget_cache(self) -> None:
         self.broker.state.tokens.cache.drop(None)
@@ -198,7 +202,14 @@ async def test_dead_grant_revokes_the_account(caller: Caller, answer: httpx.Resp
     assert response.status_code == 409
     body = response.json()
     assert body["code"] == "reauthorization_required"
-    params = {k: v[0] for k, v in parse_qs(urlsplit(body["authorization_url"]).query).items()}
+    link = urlsplit(body["authorization_url"])
+    assert f"{link.scheme}://{link.netloc}{link.path}" == (
+        "https://broker.example/v1/oauth/reauthorize"
+    )
+    assert await caller.state_rows() == 0  # producing the 409 wrote no state
+    opened = await caller.broker.client.get(f"{link.path}?{link.query}")
+    assert opened.status_code == 303
+    params = {k: v[0] for k, v in parse_qs(urlsplit(opened.headers["location"]).query).items()}
     assert params["login_hint"] == "alice@example.com"
     assert params["prompt"] == "consent"
     assert params["access_type"] == "offline"
@@ -214,9 +225,10 @@ async def test_dead_grant_revokes_the_account(caller: Caller, answer: httpx.Resp
     caller.broker.state.tokens.forget(None)
     cold = await caller.token()
     assert cold.status_code == 409
-    assert (
-        cold.json()["authorization_url"] == body["authorization_url"]
-    )  # reused, not a new state each time
+    assert cold.json()["authorization_url"].startswith(
+        "https://broker.example/v1/oauth/reauthorize?link="
+    )
+    assert await caller.state_rows() == 1  # only the opening above made one
     assert route.call_count == 1
     account = await caller.broker.client.get(
         f"/v1/accounts/{SUBJECT}", headers=await caller.broker.headers(Permission.ACCOUNTS_READ)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from sqlmodel import select
@@ -13,6 +14,9 @@ from tests.support.hygiene import register_secret
 from tests.support.provider import Provider
 from token_broker.services.api_keys import Permission
 from token_broker.store.models import Account
+
+# Where TEST_REDIRECT_URI says the broker is: its links point there.
+BROKER_ORIGIN = "https://broker.example"
 
 
 class Live:
@@ -35,6 +39,11 @@ class Live:
         return dict(response.json())
 
     async def consent(self, authorization_url: str, **kwargs: Any) -> dict[str, str]:
+        """Consent at `authorization_url`; a broker link is opened first, as a browser would."""
+        if authorization_url.startswith(BROKER_ORIGIN):
+            opened = await self.open_link(authorization_url)
+            assert opened.status_code == 303, opened.text
+            authorization_url = opened.headers["location"]
         answer = await consent(self.browser, authorization_url, **kwargs)
         if "code" in answer:
             register_secret(answer["code"])
@@ -48,6 +57,12 @@ class Live:
         started = await self.start(login_hint=email, **start)
         answer = await self.consent(started["authorization_url"], email=email)
         return await self.callback(answer)
+
+    async def open_link(self, url: str) -> httpx.Response:
+        """Open a broker link (`https://broker.example/...`) as the user's browser would."""
+        parts = urlsplit(url)
+        assert f"{parts.scheme}://{parts.netloc}" == BROKER_ORIGIN, url
+        return await self.broker.client.get(f"{parts.path}?{parts.query}")
 
     async def stored(self, subject: str) -> Account:
         async with self.broker.state.database.transaction() as session:

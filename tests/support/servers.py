@@ -20,12 +20,12 @@ class _QuietServer(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any, *, lifespan: str = "auto") -> AsyncIterator[str]:
-    """Serve `app` on a free loopback port; yields its base URL."""
+async def serve(app: Any, *, lifespan: str = "auto", port: int = 0) -> AsyncIterator[str]:
+    """Serve `app` on loopback (a free port unless given); yields its base URL."""
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
-        port=0,
+        port=port,
         log_config=None,
         access_log=False,
         lifespan=lifespan,

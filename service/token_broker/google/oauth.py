@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -124,6 +126,7 @@ class OAuthClient:
         scopes: list[str] | tuple[str, ...],
         login_hint: str | None,
         redirect_uri: str,
+        nonce: str,
     ) -> str:
         url: str = prepare_grant_uri(
             self.settings.auth_uri,
@@ -138,6 +141,7 @@ class OAuthClient:
             login_hint=login_hint,
             code_challenge=code_challenge,
             code_challenge_method="S256",
+            nonce=nonce,
         )
         return url
 
@@ -248,8 +252,15 @@ class OAuthClient:
 
     # ------------------------------------------------------------------ ID token
 
-    async def verify_id_token(self, id_token: SecretStr) -> dict[str, Any]:
-        """Claims of a valid ID token: RS256 signature by the provider's JWKS, iss, aud, exp."""
+    async def verify_id_token(
+        self, id_token: SecretStr, *, nonce_sha256: str | None = None
+    ) -> dict[str, Any]:
+        """Claims of a valid ID token, checked as OpenID Connect Core 3.1.3.7 asks.
+
+        RS256 signature by the provider's JWKS, iss, aud, exp, iat; with several
+        audiences, azp must be this client; with `nonce_sha256` (the SHA-256 hex of the
+        nonce the authorization request sent), the nonce claim must match it.
+        """
         keys = await self._keyset(refresh=False)
         try:
             try:
@@ -273,6 +284,17 @@ class OAuthClient:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject or len(subject) > 255:
             raise IdTokenInvalid("invalid_claim: sub")
+        audience = claims.get("aud")
+        if isinstance(audience, list) and len(audience) > 1 and claims.get("azp") != self.client_id:
+            # Google documents azp for hybrid apps (another client of the same project
+            # presents the token); with several audiences it must name this client.
+            raise IdTokenInvalid("invalid_claim: azp")
+        if nonce_sha256 is not None:
+            nonce = claims.get("nonce")
+            if not isinstance(nonce, str) or not hmac.compare_digest(
+                hashlib.sha256(nonce.encode()).hexdigest(), nonce_sha256
+            ):
+                raise IdTokenInvalid("invalid_claim: nonce")
         return claims
 
     async def _keyset(self, *, refresh: bool) -> KeySet:

@@ -30,11 +30,27 @@ PROVIDER = "google"
 class NoStoredRefreshToken(Exception):
     """The grant brought no refresh token and the account has none to keep."""
 
+    def __init__(self, account_id: str | None) -> None:
+        super().__init__("no refresh token to keep")
+        self.account_id = account_id  # the stored account, if there is one
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who consented, as the provider's ID token (or userinfo) says."""
+
+    subject: str
+    email: str | None  # normalised
+    email_verified: bool
+
 
 @dataclass(frozen=True)
 class StoredGrant:
     account: Account
     reactivated: bool
+    # Other accounts holding the same verified email: by-email lookups of it are now
+    # ambiguous, so caches must drop them too.
+    sharing_email: list[str]
 
 
 class AccountStates:
@@ -74,11 +90,11 @@ class AccountStates:
         self,
         session: AsyncSession,
         *,
-        subject: str,
-        email: str | None,
+        identity: Identity,
         grant: TokenGrant,
         scopes: tuple[str, ...],
         client_id: str | None,
+        authorization_id: str | None,
     ) -> StoredGrant:
         """Upsert the account by (provider, subject) with a freshly consented grant.
 
@@ -88,12 +104,13 @@ class AccountStates:
         """
         now = utcnow()
         accounts = AccountRepository(session)
-        account = await accounts.by_subject(PROVIDER, subject)
+        account = await accounts.by_subject(PROVIDER, identity.subject)
         if account is not None:
             account = await accounts.get(account.id, for_update=True)
+        stored_before = account is not None
         if account is None:
             account = Account(
-                id=str(uuid.uuid4()), provider=PROVIDER, subject=subject,
+                id=str(uuid.uuid4()), provider=PROVIDER, subject=identity.subject,
                 created_at=now, updated_at=now,
             )  # fmt: skip
         reactivated = account.status == AccountStatus.REVOKED
@@ -101,9 +118,13 @@ class AccountStates:
             # A dead grant's refresh token is worthless; only a new one revives it.
             account.refresh_token = None
         if grant.refresh_token is None and account.refresh_token is None:
-            raise NoStoredRefreshToken()
+            raise NoStoredRefreshToken(account.id if stored_before else None)
         self._seal_tokens(account, grant)
-        account.email = email or account.email
+        if identity.email is not None:
+            # Only a consent changes an account's email; refreshes never do, so they
+            # never change which account an email address reaches.
+            account.email = identity.email
+            account.email_verified = identity.email_verified
         account.scopes = " ".join(sorted(scopes))
         account.status = AccountStatus.ACTIVE
         account.last_refresh_error = None
@@ -112,14 +133,26 @@ class AccountStates:
         await accounts.save(account)
         await write_audit(
             session, Action.ACCOUNT_CONNECTED, "ok", client_id=client_id, account_id=account.id,
-            detail={"new_refresh_token": grant.refresh_token is not None},
+            detail={"new_refresh_token": grant.refresh_token is not None,
+                    "authorization": authorization_id},
         )  # fmt: skip
         if reactivated:
             await self.webhooks.account_changed(
-                session, "account.reactivated", account, "reconnected"
-            )
-        await ChangeNotices(session).send(CHANNEL, payload("account", account.id))
-        return StoredGrant(account, reactivated)
+                session, "account.reactivated", account, "reconnected",
+                authorization_id=authorization_id,
+            )  # fmt: skip
+        await self.webhooks.account_changed(
+            session, "account.connected", account, None, authorization_id=authorization_id
+        )
+        notices = ChangeNotices(session)
+        await notices.send(CHANNEL, payload("account", account.id))
+        sharing = []
+        if account.email_verified and account.email is not None:
+            holders = await accounts.with_verified_email(PROVIDER, account.email)
+            sharing = [holder.id for holder in holders if holder.id != account.id]
+            for other in sharing:
+                await notices.send(CHANNEL, payload("account", other))
+        return StoredGrant(account, reactivated, sharing)
 
     async def record_refresh(
         self, session: AsyncSession, account: Account, grant: TokenGrant, *, trigger: str

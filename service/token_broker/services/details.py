@@ -124,7 +124,9 @@ class AccountCalls:
     async def _reauthorization(self) -> ReauthorizationRequired:
         return ReauthorizationRequired(
             "Gmail refused a freshly refreshed token; the user must reconnect.",
-            authorization_url=await self.service.listing.links.url(self.email),
+            authorization_url=self.service.listing.links.url(
+                account_id=self.account_id, login_hint=self.email, client_id=self.client_id
+            ),
         )
 
 

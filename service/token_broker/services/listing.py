@@ -178,7 +178,9 @@ class Listing:
         except GmailUnauthorized:
             raise ReauthorizationRequired(
                 "Gmail refused a freshly refreshed token; the user must reconnect.",
-                authorization_url=await self.service.links.url(self._email),
+                authorization_url=self.service.links.url(
+                    account_id=self._account_id, login_hint=self._email, client_id=self.client_id
+                ),
             ) from None
 
     async def _page_with_backoff(self, page_token: str | None) -> MessagePage:

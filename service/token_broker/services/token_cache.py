@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 
 from pydantic import SecretStr
 
+from token_broker.store.models import normalize_email
+
 
 @dataclass(frozen=True, slots=True)
 class CachedToken:
@@ -28,15 +30,27 @@ class CachedToken:
 
 
 class TokenCache:
-    """Decrypted access tokens by account, bounded (least recently used goes first)."""
+    """Decrypted access tokens by account, bounded (least recently used goes first).
+
+    Found by subject, or by an email address only as the database resolved it: an
+    alias is added by the lookup that resolved that address (verified, one account),
+    never from the account's own email. Any drop invalidates aliases being added by
+    lookups that started before it, so a lookup racing a connect that made the address
+    ambiguous cannot leave a stale alias behind.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._by_account: OrderedDict[str, CachedToken] = OrderedDict()
-        self._account_of: dict[str, str] = {}
+        self._by_subject: dict[str, str] = {}
+        self._by_email: dict[str, str] = {}
+        self._emails_of: dict[str, set[str]] = {}  # account id -> its aliases
+        self.generation = 0  # counts drops; see `put`
 
     def get(self, reference: str) -> CachedToken | None:
-        account_id = self._account_of.get(reference) or self._account_of.get(reference.lower())
+        account_id = self._by_subject.get(reference)
+        if account_id is None and "@" in reference:
+            account_id = self._by_email.get(normalize_email(reference))
         if account_id is None:
             return None
         entry = self._by_account.get(account_id)
@@ -44,29 +58,39 @@ class TokenCache:
             self._by_account.move_to_end(account_id)
         return entry
 
-    def put(self, entry: CachedToken) -> None:
+    def put(
+        self, entry: CachedToken, *, resolved: str | None = None, since: int | None = None
+    ) -> None:
+        """Cache `entry`; `resolved` is the reference a lookup started at `since` resolved."""
         self._by_account[entry.account_id] = entry
         self._by_account.move_to_end(entry.account_id)
-        self._account_of[entry.subject] = entry.account_id
-        if entry.email:
-            self._account_of[entry.email.lower()] = entry.account_id
+        self._by_subject[entry.subject] = entry.account_id
+        if resolved is not None and resolved != entry.subject and since == self.generation:
+            email = normalize_email(resolved)
+            self._by_email[email] = entry.account_id
+            self._emails_of.setdefault(entry.account_id, set()).add(email)
         while len(self._by_account) > self.capacity:
             _, evicted = self._by_account.popitem(last=False)
             self._unindex(evicted)
 
     def drop(self, account_id: str | None) -> None:
+        self.generation += 1
         if account_id is None:
             self._by_account.clear()
-            self._account_of.clear()
+            self._by_subject.clear()
+            self._by_email.clear()
+            self._emails_of.clear()
             return
         entry = self._by_account.pop(account_id, None)
         if entry is not None:
             self._unindex(entry)
 
     def _unindex(self, entry: CachedToken) -> None:
-        for key in (entry.subject, (entry.email or "").lower()):
-            if self._account_of.get(key) == entry.account_id:
-                del self._account_of[key]
+        if self._by_subject.get(entry.subject) == entry.account_id:
+            del self._by_subject[entry.subject]
+        for email in self._emails_of.pop(entry.account_id, ()):
+            if self._by_email.get(email) == entry.account_id:
+                del self._by_email[email]
 
     def __len__(self) -> int:
         return len(self._by_account)

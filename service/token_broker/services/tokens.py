@@ -146,9 +146,9 @@ class TokenService:
             issued = await self._slow_path(
                 reference, self.cache.get(reference), started, min_ttl, force_refresh
             )
-        except ReauthorizationRequired:
+        except ReauthorizationRequired as error:
             self.metrics.token_requests.labels("reauthorization_required").inc()
-            raise
+            raise self.links.for_caller(error, client_id) from None
         except UpstreamUnavailable:
             self.metrics.token_requests.labels("unavailable").inc()
             raise
@@ -214,7 +214,7 @@ class TokenService:
             if stored is not None and self._good_enough(stored, started, min_ttl, force_refresh):
                 return IssuedToken(stored, Source.DATABASE)
         if account_id in self._revoked:
-            raise await self._reauthorization(self._revoked[account_id])
+            raise self._reauthorization(account_id, self._revoked[account_id])
         flight, joined = self._shared_refresh(
             RefreshRequest(account_id, started, min_ttl, force_refresh)
         )
@@ -250,6 +250,7 @@ class TokenService:
         return await self._loads.run(reference, lambda: self._read_account(reference))
 
     async def _read_account(self, reference: str) -> tuple[str, CachedToken | None]:
+        since = self.cache.generation
         async with self.database.transaction() as session:
             account = await AccountRepository(session).resolve(PROVIDER, reference)
         if account is None:
@@ -259,7 +260,7 @@ class TokenService:
             return account.id, None
         stored = self._from_row(account)
         if stored is not None:
-            self.cache.put(stored)
+            self.cache.put(stored, resolved=reference, since=since)
         return account.id, stored
 
     def _from_row(self, account: Account) -> CachedToken | None:
@@ -276,8 +277,12 @@ class TokenService:
             scopes=tuple(account.scope_list),
         )
 
-    async def _reauthorization(self, email: str | None) -> ReauthorizationRequired:
-        return ReauthorizationRequired(authorization_url=await self.links.url(email))
+    def _reauthorization(self, account_id: str, email: str | None) -> ReauthorizationRequired:
+        return ReauthorizationRequired(
+            authorization_url=self.links.url(
+                account_id=account_id, login_hint=email, client_id=None
+            )
+        )
 
     # ------------------------------------------------------------------ refresh
 
@@ -315,7 +320,7 @@ class TokenService:
             self.webhooks.wake()
             self.cache.drop(request.account_id)
             self._revoked[request.account_id] = outcome.email
-            raise await self._reauthorization(outcome.email)
+            raise self._reauthorization(request.account_id, outcome.email)
         if outcome[1] is Source.REFRESHED:
             refreshes.labels("ok", request.trigger).inc()
         self.cache.put(outcome[0])
@@ -384,7 +389,9 @@ class TokenService:
                 return error
             problem = problem_for(error, "refresh")
             if isinstance(problem, ReauthorizationRequired):
-                problem.authorization_url = await self.links.url(account.email)
+                problem.authorization_url = self._reauthorization(
+                    account.id, account.email
+                ).authorization_url
             raise problem from None
 
     async def _record(

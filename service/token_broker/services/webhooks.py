@@ -1,5 +1,6 @@
-"""Account notifications: a signed POST to the operator's webhook when an account turns
-revoked, or active again.
+"""Account notifications: a signed POST to the operator's webhook when an account is
+connected (each successful consent, with the authorization id), turns revoked, or
+active again.
 
 Events are written to the `webhook_deliveries` outbox in the same transaction as the
 change, then a background dispatcher on every replica leases due rows one at a time
@@ -41,7 +42,7 @@ from token_broker.store.repositories import WebhookRepository
 log = logging.getLogger("token_broker.webhooks")
 
 SIGNATURE_HEADER = "Token-Broker-Signature"
-EventType = Literal["account.revoked", "account.reactivated"]
+EventType = Literal["account.connected", "account.revoked", "account.reactivated"]
 LEASE = timedelta(seconds=60)
 
 
@@ -81,7 +82,13 @@ class Webhooks:
         return self.url is not None
 
     async def account_changed(
-        self, session: AsyncSession, event_type: EventType, account: Account, reason: str | None
+        self,
+        session: AsyncSession,
+        event_type: EventType,
+        account: Account,
+        reason: str | None,
+        *,
+        authorization_id: str | None = None,
     ) -> None:
         """Queue a notification inside the caller's transaction (no-op when disabled)."""
         if not self.enabled:
@@ -100,6 +107,9 @@ class Webhooks:
             },
             "reason": reason,
         }
+        if event_type != "account.revoked":
+            # The connect that caused it: null for a code exchange (POST /v1/oauth/exchange).
+            payload["authorization"] = authorization_id
         await WebhookRepository(session).add(
             WebhookDelivery(
                 id=event_id,

@@ -47,10 +47,30 @@ class AccountStatus(StrEnum):
     REVOKED = "revoked"
 
 
+_ASCII_UPPER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def normalize_email(email: str) -> str:
+    """How emails are stored and compared: trimmed, ASCII letters lower-cased.
+
+    Only ASCII: Unicode case folding maps look-alikes onto plain letters (the Kelvin
+    sign lower-cases to "k"), which would let one address pass for another.
+    """
+    return email.strip().translate(_ASCII_UPPER)
+
+
 class Account(SQLModel, table=True):
     __tablename__ = "accounts"
     __table_args__ = (
         sa.UniqueConstraint("provider", "subject", name="uq_accounts_provider_subject"),
+        # The by-email lookup: verified addresses only (see AccountRepository.resolve).
+        sa.Index(
+            "ix_accounts_verified_email",
+            "provider",
+            "email",
+            postgresql_where=sa.text("email_verified"),
+            sqlite_where=sa.text("email_verified"),
+        ),
     )
 
     REFRESH_TOKEN: ClassVar[SecretColumn] = SecretColumn("accounts", "refresh_token")
@@ -59,7 +79,9 @@ class Account(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=36)
     provider: str = Field(max_length=32)
     subject: str = Field(max_length=255)
+    # Normalised (`normalize_email`); reachable by email only when the provider said verified.
     email: str | None = Field(default=None, max_length=320, index=True)
+    email_verified: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
     scopes: str = Field(default="", sa_type=sa.Text)
     status: str = Field(default=AccountStatus.ACTIVE, max_length=16, index=True)
     refresh_token: str | None = Field(default=None, sa_type=sa.Text)
@@ -75,13 +97,50 @@ class Account(SQLModel, table=True):
         return self.scopes.split()
 
 
+class AuthorizationStatus(StrEnum):
+    PENDING = "pending"
+    CONNECTED = "connected"
+    FAILED = "failed"
+
+
+class Authorization(SQLModel, table=True):
+    """One connect flow's id and outcome, readable by the API client that started it.
+
+    Flows started from a re-authorization link get their row when they finish, so
+    opening a link writes nothing that outlives its state. Rows are removed after
+    TOKEN_BROKER_AUTHORIZATION_RETENTION_DAYS.
+    """
+
+    __tablename__ = "authorizations"
+
+    id: str = Field(primary_key=True, max_length=36)
+    client_id: str | None = Field(default=None, max_length=36)
+    status: str = Field(default=AuthorizationStatus.PENDING, max_length=16)
+    account_id: str | None = Field(default=None, max_length=36)
+    account_subject: str | None = Field(default=None, max_length=255)
+    account_email: str | None = Field(default=None, max_length=320)
+    error_code: str | None = Field(default=None, max_length=64)
+    error_detail: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
 class OAuthState(SQLModel, table=True):
+    """One trip to the provider: a one-time state, its PKCE verifier and OIDC nonce, and
+    what the flow is bound to (its authorization, and for re-authorizations the account)."""
+
     __tablename__ = "oauth_states"
 
     CODE_VERIFIER: ClassVar[SecretColumn] = SecretColumn("oauth_states", "code_verifier")
 
     state_hash: str = Field(primary_key=True, max_length=64)
     code_verifier: str = Field(sa_type=sa.Text)
+    nonce_hash: str | None = Field(default=None, max_length=64)
+    authorization_id: str | None = Field(default=None, max_length=36)
+    # Set for re-authorizations: only this account's subject may complete the flow.
+    account_id: str | None = Field(default=None, max_length=36)
+    subject: str | None = Field(default=None, max_length=255)
     login_hint: str | None = Field(default=None, max_length=320)
     scopes: str = Field(sa_type=sa.Text)
     return_to: str | None = Field(default=None, sa_type=sa.Text)

@@ -10,8 +10,20 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from token_broker.errors import AmbiguousAccount
 from token_broker.store.database import is_postgres
-from token_broker.store.models import Account, ApiClient, AuditEvent, OAuthState, WebhookDelivery
+from token_broker.store.models import (
+    Account,
+    ApiClient,
+    AuditEvent,
+    Authorization,
+    OAuthState,
+    WebhookDelivery,
+    normalize_email,
+)
+
+# An `ambiguous_account` problem lists at most this many subjects.
+MAX_SUBJECTS_LISTED = 20
 
 
 class ApiClientRepository:
@@ -80,23 +92,37 @@ class AccountRepository:
         )
         return result.first()
 
-    async def by_email(self, provider: str, email: str) -> Account | None:
-        # Email is not a stable key: if two accounts ever carried one address, the one
-        # updated last is the one that holds it now.
+    async def with_verified_email(
+        self, provider: str, email: str, *, limit: int = MAX_SUBJECTS_LISTED
+    ) -> Sequence[Account]:
+        """Accounts whose provider verified this address (served by ix_accounts_verified_email)."""
         result = await self.session.exec(
             select(Account)
-            .where(Account.provider == provider, sa.func.lower(Account.email) == email.lower())
-            .order_by(col(Account.updated_at).desc())
-            .limit(1)
+            .where(
+                Account.provider == provider,
+                Account.email == normalize_email(email),
+                col(Account.email_verified).is_(True),
+            )
+            .order_by(col(Account.subject))
+            .limit(limit)
         )
-        return result.first()
+        return result.all()
 
     async def resolve(self, provider: str, reference: str) -> Account | None:
-        """An account by its provider subject id or, failing that, its email address."""
+        """An account by its provider subject id or, failing that, its verified email address.
+
+        Email is not a stable key: an unverified address reaches nothing, and an address
+        two accounts both verified (it moved between Google accounts) reaches neither,
+        raising `AmbiguousAccount` with their subjects. Nothing else (which one was
+        refreshed last, letter case) decides which account an email names.
+        """
         account = await self.by_subject(provider, reference)
-        if account is None and "@" in reference:
-            account = await self.by_email(provider, reference)
-        return account
+        if account is not None or "@" not in reference:
+            return account
+        holders = await self.with_verified_email(provider, reference)
+        if len(holders) > 1:
+            raise AmbiguousAccount(subjects=[holder.subject for holder in holders])
+        return holders[0] if holders else None
 
     async def page(
         self,
@@ -108,7 +134,7 @@ class AccountRepository:
     ) -> Sequence[Account]:
         statement = select(Account)
         if email is not None:
-            statement = statement.where(sa.func.lower(Account.email) == email.lower())
+            statement = statement.where(Account.email == normalize_email(email))
         if status is not None:
             statement = statement.where(Account.status == status)
         if after is not None:
@@ -206,6 +232,38 @@ class OAuthStateRepository:
         connection = await self.session.connection()
         result = await connection.execute(
             sa.delete(OAuthState).where(col(OAuthState.expires_at) < before)
+        )
+        return int(result.rowcount or 0)
+
+
+class AuthorizationRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, authorization: Authorization) -> None:
+        self.session.add(authorization)
+        await self.session.flush()
+
+    async def of_client(self, authorization_id: str, client_id: str) -> Authorization | None:
+        """The authorization if `client_id` started it; None otherwise (no one else may look)."""
+        result = await self.session.exec(
+            select(Authorization).where(
+                Authorization.id == authorization_id, Authorization.client_id == client_id
+            )
+        )
+        return result.first()
+
+    async def get(self, authorization_id: str) -> Authorization | None:
+        return await self.session.get(Authorization, authorization_id)
+
+    async def save(self, authorization: Authorization) -> None:
+        self.session.add(authorization)
+        await self.session.flush()
+
+    async def purge_created_before(self, before: datetime) -> int:
+        connection = await self.session.connection()
+        result = await connection.execute(
+            sa.delete(Authorization).where(col(Authorization.created_at) < before)
         )
         return int(result.rowcount or 0)
 

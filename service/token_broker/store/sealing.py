@@ -18,7 +18,9 @@ import secrets
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import SecretStr
 
 from token_broker.kit.clock import utcnow
@@ -53,7 +55,7 @@ class SecretColumn:
 class Keyring:
     """AES-256-GCM keys by id. The first key is primary: it seals; every key opens."""
 
-    __slots__ = ("_ciphers", "primary_kid")
+    __slots__ = ("_ciphers", "_material", "primary_kid")
 
     def __init__(self, keys: list[tuple[str, bytes]]) -> None:
         if not keys:
@@ -70,6 +72,7 @@ class Keyring:
                 raise KeyringError(f"key {kid!r} is {len(key)} bytes; expected 32 (AES-256)")
             # One AESGCM object per key: building it per call triples the cost of a decrypt.
             self._ciphers[kid] = AESGCM(key)
+        self._material = dict(keys)
         self.primary_kid = keys[0][0]
 
     def __repr__(self) -> str:
@@ -78,6 +81,19 @@ class Keyring:
     @property
     def key_ids(self) -> list[str]:
         return list(self._ciphers)
+
+    def derive(self, purpose: str) -> dict[str, bytes]:
+        """A 32-byte key per key id for `purpose` (HKDF-SHA256), independent of the sealing key.
+
+        Every replica with the same keyring derives the same keys, and a key rotation
+        keeps the old ids' derived keys for as long as the old keys stay loaded.
+        """
+        return {
+            kid: HKDF(
+                algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()
+            ).derive(key)
+            for kid, key in self._material.items()
+        }
 
     @classmethod
     def parse(cls, spec: str) -> Keyring:

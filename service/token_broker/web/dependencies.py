@@ -17,6 +17,7 @@ from token_broker.services.connect import ConnectService
 from token_broker.services.details import MessageDetailsService
 from token_broker.services.listing import ListingService
 from token_broker.services.readiness import Readiness
+from token_broker.services.reauthorization import ReauthorizationLinks
 from token_broker.services.tokens import TokenService
 from token_broker.web.token_bodies import TokenBodies
 
@@ -27,6 +28,7 @@ class WebState:
 
     authenticator: Authenticator
     authorizations: AuthorizationService
+    links: ReauthorizationLinks
     connect: ConnectService
     accounts: AccountService
     tokens: TokenService
@@ -53,7 +55,9 @@ _bearer = HTTPBearer(
 )
 
 
-def require(permission: Permission) -> Callable[..., Awaitable[Caller]]:
+def require(permission: Permission | None) -> Callable[..., Awaitable[Caller]]:
+    """A dependency for an authenticated caller holding `permission` (None: any key)."""
+
     async def authenticated_caller(
         state: State,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -61,12 +65,14 @@ def require(permission: Permission) -> Callable[..., Awaitable[Caller]]:
         caller = await state.authenticator.authenticate(
             credentials.credentials if credentials else None
         )
-        caller.require(permission)
+        if permission is not None:
+            caller.require(permission)
         return caller
 
     return authenticated_caller
 
 
+AnyCaller = Annotated[Caller, Depends(require(None))]
 TokensReader = Annotated[Caller, Depends(require(Permission.TOKENS_READ))]
 MessagesReader = Annotated[Caller, Depends(require(Permission.MESSAGES_READ))]
 AccountsReader = Annotated[Caller, Depends(require(Permission.ACCOUNTS_READ))]

@@ -57,7 +57,11 @@ class Account(BaseModel):
 
     id: str
     subject: str
-    email: str | None
+    email: str | None = Field(description="Normalised: trimmed, ASCII letters lower-cased.")
+    email_verified: bool = Field(
+        description="Whether the provider said the email is verified. Only verified "
+        "addresses reach an account as `{account}`; others reach it by subject only."
+    )
     status: Literal["active", "revoked"]
     scopes: list[str]
     created_at: datetime
@@ -71,6 +75,7 @@ class Account(BaseModel):
             id=account.id,
             subject=account.subject,
             email=account.email,
+            email_verified=account.email_verified,
             status=AccountStatus(account.status).value,
             scopes=account.scope_list,
             created_at=account.created_at,
@@ -111,9 +116,43 @@ class AuthorizationRequest(BaseModel):
 
 
 class Authorization(BaseModel):
+    id: str = Field(
+        description="Keep it in the user's session before redirecting; the callback sends "
+        "the browser back to return_to with `authorization=<id>`, and "
+        "`GET /v1/authorizations/{id}` tells what it produced."
+    )
     authorization_url: str = Field(description="Send the user's browser here.")
     state: str = Field(description="The one-time state carried through the flow.")
     expires_at: datetime
+
+
+class ConnectedAccount(BaseModel):
+    id: str
+    subject: str
+    email: str | None
+
+
+class AuthorizationError(BaseModel):
+    code: str = Field(examples=["account_mismatch"], description="The problem code.")
+    detail: str
+
+
+class AuthorizationOutcome(BaseModel):
+    """What one authorization produced; only the API client that started it can read it."""
+
+    id: str
+    status: Literal["pending", "connected", "failed", "expired"] = Field(
+        description="pending until the callback; expired when its state lapsed unused."
+    )
+    account: ConnectedAccount | None = Field(
+        default=None, description="The account connected (status connected)."
+    )
+    error: AuthorizationError | None = Field(
+        default=None, description="Why it failed (status failed)."
+    )
+    created_at: datetime
+    expires_at: datetime = Field(description="When its state lapses if unused.")
+    completed_at: datetime | None
 
 
 class ExchangeRequest(BaseModel):

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query
 
 from token_broker.errors import (
     AccountNotFound,
+    AmbiguousAccount,
     InvalidCursor,
     caller_problems,
 )
@@ -57,7 +58,7 @@ async def list_accounts(
     "/{account}",
     response_model=Account,
     summary="Read one account",
-    responses=problem_responses(*AUTH_PROBLEMS, AccountNotFound),
+    responses=problem_responses(*AUTH_PROBLEMS, AccountNotFound, AmbiguousAccount),
 )
 async def get_account(state: State, _caller: AccountsReader, account: AccountRef) -> Account:
     return Account.of(await state.accounts.get(account))
@@ -67,7 +68,7 @@ async def get_account(state: State, _caller: AccountsReader, account: AccountRef
     "/{account}",
     response_model=Deleted,
     summary="Revoke the grant at the provider, then delete the account and its secrets",
-    responses=problem_responses(*AUTH_PROBLEMS, AccountNotFound),
+    responses=problem_responses(*AUTH_PROBLEMS, AccountNotFound, AmbiguousAccount),
 )
 async def delete_account(state: State, caller: AccountsWriter, account: AccountRef) -> Deleted:
     deletion = await state.accounts.delete(account, client_id=caller.client_id)

@@ -13,6 +13,7 @@ from pydantic import StringConstraints
 
 from token_broker.errors import (
     AccountNotFound,
+    AmbiguousAccount,
     InternalError,
     ProviderRejectedClient,
     ReauthorizationRequired,
@@ -65,6 +66,7 @@ _NDJSON_DOC = (
             *caller_problems(),
             AccountNotFound,
             UnknownLabel,
+            AmbiguousAccount,
             ReauthorizationRequired,
             TooManyForJson,
             UpstreamRateLimited,

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 
 from token_broker.errors import (
     AccountNotFound,
+    AmbiguousAccount,
     ProviderRejectedClient,
     ReauthorizationRequired,
     UpstreamUnavailable,
@@ -42,6 +43,7 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
     responses=problem_responses(
         *caller_problems(),
         AccountNotFound,
+        AmbiguousAccount,
         ReauthorizationRequired,
         ProviderRejectedClient,
         UpstreamUnavailable,
