@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from api_docs import install_docs
 from google_sandbox.control import control_router
 from google_sandbox.faults import FaultsAndCounters
 from google_sandbox.gmail import gmail_router
@@ -21,7 +22,10 @@ def create_sandbox_app(state: SandboxState) -> FastAPI:
         title="Token Broker sandbox provider",
         description="Google's OAuth 2.0, OpenID Connect and Gmail list endpoints, on loopback.",
         version="1",
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs(app)
     app.include_router(oauth_router(state))
     app.include_router(gmail_router(state))
     app.include_router(control_router(state))

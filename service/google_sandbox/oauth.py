@@ -342,7 +342,6 @@ def oauth_router(state: SandboxState) -> APIRouter:
             return None
         return access, state.users[state.grants[access.grant_id].email]
 
-    @router.api_route("/v1/userinfo", methods=["GET", "POST"], summary="OpenID Connect userinfo")
     async def userinfo(request: Request) -> Response:
         found = _bearer_user(request)
         if found is None:
@@ -358,6 +357,16 @@ def oauth_router(state: SandboxState) -> APIRouter:
         if "profile" in access.scopes:
             body.update(name=user.name, given_name=user.name.split()[0])
         return JSONResponse(body)
+
+    # OpenID Connect allows GET and POST; one route per method keeps operation ids unique.
+    for method in ("GET", "POST"):
+        router.add_api_route(
+            "/v1/userinfo",
+            userinfo,
+            methods=[method],
+            summary="OpenID Connect userinfo",
+            operation_id=f"userinfo_{method.lower()}",
+        )
 
     @router.get("/oauth2/v2/userinfo", summary="Userinfo, v2 shape (id instead of sub)")
     async def userinfo_v2(request: Request) -> Response:

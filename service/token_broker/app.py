@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp
 
+from api_docs import install_docs
 from token_broker.google.gmail import GmailClient
 from token_broker.google.oauth import OAuthClient
 from token_broker.google.transport import Upstream
@@ -227,6 +228,8 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
         version=version("token-broker"),
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
         # Metrics are Prometheus (observability/metrics.py); FastAPI's own OpenTelemetry
         # hooks would only look for providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -241,6 +244,7 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
         error_response=unexpected_error_response,
         on_response=metrics.observe_http,
     )
+    install_docs(app)
     app.include_router(health.router)
     app.include_router(oauth.router)
     app.include_router(accounts.router)

@@ -12,56 +12,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from tests.support.hygiene import ARTIFACTS, register_secret
-from tests.support.polling import eventually
+from tests.support.dev import DevProcess
+from tests.support.hygiene import register_secret
 from tests.support.processes import free_port
-
-
-class DevProcess:
-    def __init__(self, data_dir: Path, port: int, env: dict[str, str] | None = None) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.stdout = data_dir.parent / f"dev-{port}.out"
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "token_broker",
-                "dev",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data_dir),
-            ],
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})},
-            stdout=self.stdout.open("w"),
-            stderr=(ARTIFACTS / f"dev-{port}.log").open("w"),
-            cwd=data_dir.parent,
-        )
-
-    async def key(self) -> str:
-        def printed() -> str | None:
-            for line in self.stdout.read_text().splitlines():
-                if "export TB_KEY=" in line:
-                    return line.split("=", 1)[1].strip()
-            return None
-
-        key = await eventually(printed, within=30)
-        register_secret(key)
-        async with httpx.AsyncClient() as client:
-
-            async def up() -> bool:
-                try:
-                    return (await client.get(f"{self.url}/readyz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await eventually(up, within=30)
-        return str(key)
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
 
 
 async def test_the_printed_steps_work_and_survive_a_restart(tmp_path: Path) -> None:

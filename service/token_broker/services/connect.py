@@ -35,7 +35,7 @@ from token_broker.services.webhooks import Webhooks
 from token_broker.settings import Settings
 from token_broker.store.change_feed import ChangeFeed
 from token_broker.store.database import Database
-from token_broker.store.models import Account
+from token_broker.store.models import Account, OAuthState
 
 log = logging.getLogger("token_broker.connect")
 
@@ -91,7 +91,7 @@ class ConnectService:
         try:
             if "error" in params:
                 if params["error"] == "access_denied":
-                    raise AccessDenied()
+                    raise AccessDenied(authorization_url=await self._try_again_url(started))
                 raise CodeExchangeFailed(
                     "The provider answered the authorization with an error.",
                     authorization_url=await self.links.url(started.login_hint),
@@ -113,6 +113,21 @@ class ConnectService:
             await self._record_failure(error, started.client_id)
             return CallbackOutcome(return_to=started.return_to, error=error)
         return CallbackOutcome(return_to=started.return_to, account=account)
+
+    async def _try_again_url(self, started: OAuthState) -> str | None:
+        """For the page a person sees after pressing Cancel: the same authorization, anew.
+
+        With a `return_to` the browser goes back to the calling app, which decides.
+        """
+        if started.return_to is not None:
+            return None
+        again = await self.authorizations.start(
+            client_id=started.client_id,
+            login_hint=started.login_hint,
+            scopes=started.scopes.split(),
+            return_to=None,
+        )
+        return again.authorization_url
 
     # ------------------------------------------------------------------ exchange
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from token_broker.errors import (
     CodeExchangeFailed,
@@ -31,6 +32,8 @@ router = APIRouter(tags=["oauth"])
 # The callback URL holds an authorization code: the answer must not be cached, and the
 # page must not hand its URL to anything it links to.
 CALLBACK_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+CALLBACK_PAGE_SCRIPT = Path(__file__).parents[1] / "static" / "callback-page.js"
+CALLBACK_PAGE_SCRIPT_PATH = "/v1/oauth/callback-page.js"
 
 
 @router.post(
@@ -83,6 +86,15 @@ async def oauth_callback(request: Request, state: State) -> Response:
     return result_page(outcome)
 
 
+@router.get(CALLBACK_PAGE_SCRIPT_PATH, include_in_schema=False)
+async def callback_page_script() -> FileResponse:
+    return FileResponse(
+        CALLBACK_PAGE_SCRIPT,
+        media_type="text/javascript",
+        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
+
+
 @router.post(
     "/v1/oauth/exchange",
     response_model=Account,
@@ -129,7 +141,8 @@ def result_page(outcome: CallbackOutcome) -> HTMLResponse:
     return HTMLResponse(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
         f"<body style='font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto'>"
-        f"<h1>{title}</h1>{text}</body></html>",
+        f"<h1>{title}</h1>{text}<script src='{CALLBACK_PAGE_SCRIPT_PATH}'></script>"
+        "</body></html>",
         status_code=status,
         headers=CALLBACK_HEADERS,
     )
