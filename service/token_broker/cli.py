@@ -129,7 +129,17 @@ def dev(
     ] = False,
 ) -> None:
     """Run the broker with a sandbox Google in one process: SQLite, generated keyring, dev key."""
-    from token_broker.dev import banner, dev_app, prepare, production_signals
+    from token_broker.dev import (
+        DataDirInUse,
+        PortInUse,
+        banner,
+        dev_app,
+        listen,
+        lock_data_dir,
+        prepare,
+        production_signals,
+    )
+    from token_broker.dev import serve as serve_dev
 
     signals = production_signals({**dotenv_values(".env"), **os.environ})  # type: ignore[dict-item]
     if signals and not force:
@@ -140,21 +150,31 @@ def dev(
                 "dev mode runs a fake Google; pass --force to start anyway (using that database).",
             ]
         )
-    configure_logging("INFO", "text")
+    # The port first, then the folder: a second instance stops before it changes anything.
     try:
-        environment = prepare(data_dir, host, port, keep_database_url=force)
-    except ConfigurationError as error:
-        raise fail(["configuration error:", *(f"  {p}" for p in error.problems)]) from None
-    typer.echo(banner(environment))
-    uvicorn.run(
-        dev_app(environment),
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=5,
-    )
+        listener = listen(host, port)
+    except PortInUse as error:
+        raise fail(
+            [f"{error} (is another token-broker dev running?); choose a free one with --port"]
+        ) from None
+    try:
+        lock = lock_data_dir(data_dir, f"http://{host}:{port}")
+    except DataDirInUse as error:
+        listener.close()
+        raise fail(
+            [
+                f"refusing dev mode: {error}.",
+                "A second instance needs its own folder: add --data-dir, e.g. "
+                f"--data-dir {data_dir}-{port}",
+            ]
+        ) from None
+    with lock, listener:
+        configure_logging("INFO", "text")
+        try:
+            environment = prepare(data_dir, host, port, keep_database_url=force)
+        except ConfigurationError as error:
+            raise fail(["configuration error:", *(f"  {p}" for p in error.problems)]) from None
+        serve_dev(dev_app(environment), listener, lambda: typer.echo(banner(environment)))
 
 
 @app.command()
