@@ -18,6 +18,7 @@ from token_broker.errors import (
     ReturnToNotAllowed,
     ScopeNotAllowed,
     ScopeNotGranted,
+    UnsupportedMediaType,
     UpstreamError,
     UpstreamUnavailable,
     caller_problems,
@@ -42,7 +43,11 @@ CALLBACK_PAGE_SCRIPT_PATH = "/v1/oauth/callback-page.js"
     response_model=Authorization,
     summary="Start connecting a Google account",
     responses=problem_responses(
-        *caller_problems(), ReturnToNotAllowed, ScopeNotAllowed, PayloadTooLarge
+        *caller_problems(),
+        ReturnToNotAllowed,
+        ScopeNotAllowed,
+        PayloadTooLarge,
+        UnsupportedMediaType,
     ),
 )
 async def start_authorization(
@@ -102,6 +107,7 @@ async def callback_page_script() -> FileResponse:
     responses=problem_responses(
         *caller_problems(),
         PayloadTooLarge,
+        UnsupportedMediaType,
         CodeExchangeFailed,
         ScopeNotGranted,
         NoRefreshToken,
