@@ -322,18 +322,36 @@ async def test_check_reports_the_provider(provider: Provider, cli_env, tmp_path)
     env = {**cli_env, **{f"TOKEN_BROKER_{k.upper()}": v for k, v in provider.settings().items()}}
     result = await asyncio.to_thread(cli, "check", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (
-        f"ok   provider: discovery document at {provider.url}/.well-known/openid-configuration"
-        in result.stdout
-    )
-    unreachable = {
-        **env,
-        "TOKEN_BROKER_ISSUER": "http://127.0.0.1:9",
-        "TOKEN_BROKER_TOKEN_URI": "http://127.0.0.1:9/token",
-    }
+    assert result.stdout.splitlines()[-3:] == [
+        f"ok   provider token endpoint {provider.url}/token (HTTP 400)",
+        f"ok   provider signing keys {provider.url}/oauth2/v3/certs (HTTP 200)",
+        f"ok   Gmail {provider.url}/gmail/v1/users/me/messages (HTTP 401)",
+    ]
+    unreachable = {**env, "TOKEN_BROKER_TOKEN_URI": "http://127.0.0.1:9/token"}
     result = await asyncio.to_thread(cli, "check", env=unreachable, cwd=tmp_path)
     assert result.returncode == 1
-    assert "FAIL provider: unreachable" in result.stdout
+    assert (
+        "FAIL provider token endpoint: http://127.0.0.1:9/token unreachable (ConnectError)"
+        in result.stdout
+    )
+
+    # One variable: the endpoints come from the provider's discovery document.
+    issuer_only = {
+        k: v for k, v in env.items() if not k.endswith(("_URI", "_API_BASE")) or "REDIRECT" in k
+    }
+    result = await asyncio.to_thread(cli, "check", env=issuer_only, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        f"ok   provider discovery {provider.url}/.well-known/openid-configuration" in result.stdout
+    )
+    assert f"ok   Gmail {provider.url}/gmail/v1/users/me/messages (HTTP 401)" in result.stdout
+    nobody = {**issuer_only, "TOKEN_BROKER_ISSUER": "http://127.0.0.1:9"}
+    result = await asyncio.to_thread(cli, "check", env=nobody, cwd=tmp_path)
+    assert result.returncode == 1
+    assert (
+        "FAIL provider discovery: TOKEN_BROKER_ISSUER: no answer from "
+        "http://127.0.0.1:9/.well-known/openid-configuration (discovery: ConnectError"
+    ) in result.stdout
 
 
 def test_compose_runs_replicas_behind_one_port_on_one_postgres() -> None:

@@ -53,6 +53,20 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class ExplainedStartupFailures(logging.Filter):
+    """Drops the server's traceback of a start refused for configuration.
+
+    The app logged the reason in one line per problem before raising; uvicorn then
+    prints the whole traceback of that ConfigurationError, which says nothing more.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "uvicorn.error" or record.levelno < logging.ERROR:
+            return True
+        text = record.getMessage()
+        return not (text.startswith("Traceback") and "ConfigurationError: " in text)
+
+
 def install_request_id_on_records() -> None:
     """Stamp every log record with the current request id, whoever handles it (idempotent)."""
     previous = logging.getLogRecordFactory()
@@ -122,6 +136,7 @@ def configure_logging(level: str, log_format: str) -> None:
     """Route every log record (ours, uvicorn's, libraries') through one redacting handler."""
     install_request_id_on_records()
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ExplainedStartupFailures())
     handler.addFilter(RedactingFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()

@@ -39,6 +39,8 @@ class Action(StrEnum):
     KEY_ROTATION = "key_rotation"
     CLIENT_CREATED = "client_created"
     CLIENT_REVOKED = "client_revoked"
+    CLIENT_KEY_ROTATED = "client_key_rotated"
+    CLIENT_DELETED = "client_deleted"
 
 
 def _event(
