@@ -224,7 +224,8 @@ def sandbox(
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
 ) -> None:
-    """Run the sandbox Google on its own: a stand-in provider for other services' tests."""
+    """Run the sandbox Google on its own: a staging provider for a broker in production mode
+    (TOKEN_BROKER_ISSUER=its URL), or a stand-in for other services' tests."""
     from google_sandbox.server import serve as serve_sandbox
 
     serve_sandbox(
