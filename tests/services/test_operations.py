@@ -366,3 +366,46 @@ def test_compose_runs_replicas_behind_one_port_on_one_postgres() -> None:
     )
     assert services["postgres"]["healthcheck"]
     assert "postgres-data" in compose["volumes"]
+
+
+def test_compose_publishes_only_the_api_and_needs_only_dotenv() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert [name for name, spec in services.items() if "ports" in spec] == ["proxy"]
+    assert "configs" not in compose  # inline configs need Compose v2.23+: avoided
+    assert compose["networks"]["db"]["internal"] is True
+    assert services["postgres"]["networks"] == ["db"]
+    assert "db" not in services["proxy"]["networks"]
+    proxy = (ROOT / "deploy" / "proxy.conf").read_text()
+    published = re.findall(r"location (?:= )?(\S+) \{ proxy_pass", proxy)
+    assert "/metrics" not in published
+    assert {"/v1/", "/healthz", "/readyz", "/docs", "/openapi.json"} <= set(published)
+    assert "location / { return 404; }" in proxy
+
+    # Every variable compose requires is in .env.example, and so is every setting the
+    # broker cannot serve without.
+    required = set(re.findall(r"\$\{(\w+):\?", (ROOT / "docker-compose.yml").read_text()))
+    example = {
+        line.split("=", 1)[0]
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert required <= example
+    assert {
+        "TOKEN_BROKER_ENCRYPTION_KEYS",
+        "TOKEN_BROKER_GOOGLE_CLIENT_ID",
+        "TOKEN_BROKER_GOOGLE_CLIENT_SECRET",
+        "TOKEN_BROKER_REDIRECT_URI",
+    } <= example
+
+
+def test_the_docker_build_context_is_only_what_the_image_needs() -> None:
+    text = (ROOT / ".dockerignore").read_text().splitlines()
+    ignore = [line.strip() for line in text if line.strip() and not line.startswith("#")]
+    assert ignore[0] == "*"  # an allow-list: .venv, .git, .token-broker-dev, .env stay out
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    copied = set()
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY") and "--from" not in line:
+            copied.update(part.rstrip("/") for part in line.split()[1:-1])
+    assert copied == allowed
