@@ -4,9 +4,10 @@
 - `support/databases.py`: both databases, migrated once per run, emptied per test;
 - `support/brokers.py`: settings, brokers over ASGI, API keys, respx-faked Google;
 - `support/provider.py`: the sandbox as a real server, and a broker wired to it;
-- `support/flow.py`, `processes.py`, `servers.py`, `google_fakes.py`, `polling.py`:
-  the connect flow as a browser drives it, brokers as processes, real servers,
-  Google's answers, and waiting with a deadline.
+- `support/browser.py`: a real chromium (Playwright) for pages a person sees;
+- `support/flow.py`, `processes.py`, `dev.py`, `servers.py`, `google_fakes.py`,
+  `polling.py`: the connect flow as a browser drives it, brokers and dev mode as
+  processes, real servers, Google's answers, and waiting with a deadline.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ pytest_plugins = [
     "tests.support.brokers",
     "tests.support.provider",
     "tests.support.redis_server",
+    "tests.support.browser",
 ]
 
 

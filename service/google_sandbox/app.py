@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from api_docs import install_docs
 from google_sandbox.batch import batch_router
 from google_sandbox.control import control_router
 from google_sandbox.faults import FaultsAndCounters
@@ -25,7 +26,10 @@ def create_sandbox_app(state: SandboxState) -> FastAPI:
         description="Google's OAuth 2.0, OpenID Connect and Gmail endpoints (messages.list, "
         "messages.get, batch, per-user quota), on loopback.",
         version="1",
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs(app)
     app.include_router(oauth_router(state))
     app.include_router(gmail_router(state))
     app.include_router(messages_router(state))

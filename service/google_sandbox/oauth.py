@@ -382,10 +382,6 @@ def oauth_router(state: SandboxState) -> APIRouter:
             return None
         return access, state.users[state.grants[access.grant_id].email]
 
-    @router.api_route("/v1/userinfo", methods=["GET", "POST"], summary="OpenID Connect userinfo")
-    @router.api_route(
-        "/oauth2/v3/userinfo", methods=["GET", "POST"], summary="OpenID Connect userinfo (v3)"
-    )
     async def userinfo(request: Request) -> Response:
         found = _bearer_user(request)
         if found is None:
@@ -396,6 +392,17 @@ def oauth_router(state: SandboxState) -> APIRouter:
             )
         access, user = found
         return JSONResponse(identity.oidc_userinfo(user, access.scopes))
+
+    # OpenID Connect allows GET and POST; one route per method keeps operation ids unique.
+    for path, version in (("/v1/userinfo", "v1"), ("/oauth2/v3/userinfo", "v3")):
+        for method in ("GET", "POST"):
+            router.add_api_route(
+                path,
+                userinfo,
+                methods=[method],
+                summary=f"OpenID Connect userinfo ({version})",
+                operation_id=f"userinfo_{version}_{method.lower()}",
+            )
 
     @router.get("/oauth2/v2/userinfo", summary="Userinfo, v2 shape (id instead of sub)")
     async def userinfo_v2(request: Request) -> Response:

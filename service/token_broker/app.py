@@ -21,6 +21,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp
 
+from api_docs import install_docs
+from token_broker.google.discovery import DiscoveryFailed, discover_endpoints
 from token_broker.google.gmail import GmailClient
 from token_broker.google.gmail_details import GmailMessages
 from token_broker.google.oauth import OAuthClient
@@ -41,6 +43,7 @@ from token_broker.services.keepalive import KeepAlive
 from token_broker.services.listing import ListingService
 from token_broker.services.readiness import Readiness
 from token_broker.services.reauthorization import ReauthorizationLinks, link_endpoint
+from token_broker.services.replicas import Heartbeat
 from token_broker.services.tokens import TokenService
 from token_broker.services.webhooks import Webhooks
 from token_broker.settings import ConfigurationError, Settings, load_settings
@@ -111,6 +114,17 @@ def build_http_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
+def refusal(problems: list[str]) -> ConfigurationError:
+    """Say why the app cannot start, one line per problem; the error to raise.
+
+    The server then reports the failed start without repeating it as a traceback
+    (observability/logs.py).
+    """
+    for problem in problems:
+        log.error("cannot start: %s", problem)
+    return ConfigurationError(problems)
+
+
 def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = None) -> FastAPI:
     """The broker; `mounts` adds other ASGI apps under path prefixes (dev mode's sandbox)."""
     install_request_id_on_records()
@@ -120,8 +134,11 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         problems = settings.serving_problems()
         if problems:
-            raise ConfigurationError(problems)
-        keyring = keyring_from_settings(settings)
+            raise refusal(problems)
+        try:
+            keyring = keyring_from_settings(settings)
+        except ConfigurationError as error:
+            raise refusal(error.problems) from None
         async with AsyncExitStack() as stack:
             drain = Drain()
             drain.install()
@@ -137,7 +154,13 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
             audit.start()
             stack.push_async_callback(audit.stop)
             upstream = Upstream(http, observer=metrics.observe_upstream)
-            oauth_client = OAuthClient(upstream, settings)
+            try:
+                endpoints = await discover_endpoints(upstream, settings)
+            except DiscoveryFailed as error:
+                raise refusal([str(error)]) from None
+            if endpoints.discovered_from is not None:
+                log.info("provider endpoints discovered from %s", endpoints.discovered_from)
+            oauth_client = OAuthClient(upstream, settings, endpoints)
             changes = ChangeFeed()
             if database.is_postgres:
                 changes.listen(settings.database_url)
@@ -151,6 +174,9 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
                 ),
             )
             changes.subscribe(authenticator.on_change)
+            heartbeat = Heartbeat(database, keyring)
+            await heartbeat.start()
+            stack.push_async_callback(heartbeat.stop)
             webhooks = Webhooks(database, http, settings, metrics)
             webhooks.start()
             stack.push_async_callback(webhooks.stop)
@@ -203,7 +229,7 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
             gmail_quota = GmailQuota(settings, metrics, shared=shared_buckets)
             stack.push_async_callback(gmail_quota.close)
             listing = ListingService(
-                gmail=GmailClient(upstream, settings.gmail_api_base),
+                gmail=GmailClient(upstream, endpoints.gmail_api_base),
                 tokens=tokens,
                 links=links,
                 settings=settings,
@@ -267,6 +293,8 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
         version=version("token-broker"),
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
         # Metrics are Prometheus (observability/metrics.py); FastAPI's own OpenTelemetry
         # hooks would only look for providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -281,6 +309,7 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
         error_response=unexpected_error_response,
         on_response=metrics.observe_http,
     )
+    install_docs(app)
     app.include_router(health.router)
     app.include_router(oauth.router)
     app.include_router(accounts.router)

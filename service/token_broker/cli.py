@@ -24,15 +24,24 @@ from dotenv import dotenv_values
 
 from token_broker.app import build_http_client
 from token_broker.errors import BrokerError
-from token_broker.google.oauth import OAuthClient
+from token_broker.google.discovery import ONE_TRY, DiscoveryFailed, discover_endpoints
+from token_broker.google.probes import probe_upstreams
 from token_broker.google.transport import Upstream
-from token_broker.kit.retry import TransientError
+from token_broker.kit.clock import rfc3339, utcnow
 from token_broker.observability.logs import configure_logging
 from token_broker.services.api_keys import Permission
 from token_broker.services.clients import ClientService
-from token_broker.services.key_rotation import KeyRotation
+from token_broker.services.key_rotation import KeyRotation, ReplicasLackPrimaryKey
+from token_broker.services.replicas import describe, lacking_key, live_replicas
+from token_broker.services.secret_sample import sample_secrets
 from token_broker.settings import ConfigurationError, Settings, env_name, load_settings
-from token_broker.store.database import Database, create_engine, is_postgres
+from token_broker.store.database import (
+    Database,
+    create_engine,
+    describe_database,
+    is_postgres,
+    missing_sqlite_file,
+)
 from token_broker.store.migrations import head_revision, migrate, schema_revision
 from token_broker.store.sealing import DecryptionError, Keyring, KeyringError, keyring_from_settings
 
@@ -63,9 +72,31 @@ def settings_or_exit(**overrides: object) -> Settings:
 
 
 def with_database(settings: Settings, operation: Callable[[Database], Awaitable[T]]) -> T:
+    """Run `operation` on the configured database, once it exists and is at head.
+
+    Otherwise one line says which database, and what to do (run `migrate`, usually).
+    """
+    where = describe_database(settings)
+    if missing_sqlite_file(settings.database_url) is not None:
+        raise fail([f"no database at {where}; create it with `token-broker migrate`"], code=1)
+
     async def run() -> T:
         database = Database(create_engine(settings.database_url))
         try:
+            try:
+                revision = await schema_revision(database)
+            except Exception as error:
+                raise fail(
+                    [f"database {where} is unreachable ({type(error).__name__})"], code=1
+                ) from None
+            if revision != head_revision():
+                raise fail(
+                    [
+                        f"database {where} is at revision {revision or 'nothing'}, this broker "
+                        f"needs {head_revision()}: run `token-broker migrate`"
+                    ],
+                    code=1,
+                )
             return await operation(database)
         finally:
             await database.dispose()
@@ -85,6 +116,11 @@ def serve(
     """Serve the broker's REST API."""
     settings = settings_or_exit()
     problems = settings.serving_problems()
+    if settings.encryption_keys is not None:
+        try:
+            keyring_from_settings(settings)
+        except ConfigurationError as error:
+            problems += error.problems
     if problems:
         raise fail(["configuration error:", *(f"  {p}" for p in problems)])
     if workers > 1 and not is_postgres(settings.database_url):
@@ -129,7 +165,17 @@ def dev(
     ] = False,
 ) -> None:
     """Run the broker with a sandbox Google in one process: SQLite, generated keyring, dev key."""
-    from token_broker.dev import banner, dev_app, prepare, production_signals
+    from token_broker.dev import (
+        DataDirInUse,
+        PortInUse,
+        banner,
+        dev_app,
+        listen,
+        lock_data_dir,
+        prepare,
+        production_signals,
+    )
+    from token_broker.dev import serve as serve_dev
 
     signals = production_signals({**dotenv_values(".env"), **os.environ})  # type: ignore[dict-item]
     if signals and not force:
@@ -140,21 +186,31 @@ def dev(
                 "dev mode runs a fake Google; pass --force to start anyway (using that database).",
             ]
         )
-    configure_logging("INFO", "text")
+    # The port first, then the folder: a second instance stops before it changes anything.
     try:
-        environment = prepare(data_dir, host, port, keep_database_url=force)
-    except ConfigurationError as error:
-        raise fail(["configuration error:", *(f"  {p}" for p in error.problems)]) from None
-    typer.echo(banner(environment))
-    uvicorn.run(
-        dev_app(environment),
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=5,
-    )
+        listener = listen(host, port)
+    except PortInUse as error:
+        raise fail(
+            [f"{error} (is another token-broker dev running?); choose a free one with --port"]
+        ) from None
+    try:
+        lock = lock_data_dir(data_dir, f"http://{host}:{port}")
+    except DataDirInUse as error:
+        listener.close()
+        raise fail(
+            [
+                f"refusing dev mode: {error}.",
+                "A second instance needs its own folder: add --data-dir, e.g. "
+                f"--data-dir {data_dir}-{port}",
+            ]
+        ) from None
+    with lock, listener:
+        configure_logging("INFO", "text")
+        try:
+            environment = prepare(data_dir, host, port, keep_database_url=force)
+        except ConfigurationError as error:
+            raise fail(["configuration error:", *(f"  {p}" for p in error.problems)]) from None
+        serve_dev(dev_app(environment), listener, lambda: typer.echo(banner(environment)))
 
 
 @app.command()
@@ -168,7 +224,8 @@ def sandbox(
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
 ) -> None:
-    """Run the sandbox Google on its own: a stand-in provider for other services' tests."""
+    """Run the sandbox Google on its own: a staging provider for a broker in production mode
+    (TOKEN_BROKER_ISSUER=its URL), or a stand-in for other services' tests."""
     from google_sandbox.server import serve as serve_sandbox
 
     serve_sandbox(
@@ -184,6 +241,9 @@ def sandbox(
 def migrate_command() -> None:
     """Wait for the database (bounded), then upgrade its schema to the latest migration."""
     settings = settings_or_exit()
+    where = describe_database(settings)
+    created = missing_sqlite_file(settings.database_url) is not None
+    typer.echo(f"{'creating' if created else 'migrating'} database {where}")
     try:
         revision = asyncio.run(
             migrate(settings.database_url, wait_seconds=settings.migrate_wait_seconds)
@@ -195,60 +255,98 @@ def migrate_command() -> None:
 
 @app.command()
 def check() -> None:
-    """Validate configuration, database, schema and keyring; one line per check."""
+    """Configuration, keyring, database, schema, stored secrets, replicas and every upstream;
+    one line per check, naming the database and each URL it tried."""
     try:
         settings = load_settings()
     except ConfigurationError as error:
         raise fail([f"FAIL configuration: {p}" for p in error.problems], code=1) from None
-    lines: list[str] = []
-    failed = False
-
-    def report(name: str, problem: str | None) -> None:
-        nonlocal failed
-        failed = failed or problem is not None
-        lines.append(f"ok   {name}" if problem is None else f"FAIL {name}: {problem}")
-
+    report = CheckReport()
     problems = settings.serving_problems()
-    report("configuration", "; ".join(problems) if problems else None)
+    report.add("configuration", "; ".join(problems) if problems else None)
+    keyring: Keyring | None = None
     if settings.encryption_keys is None:
-        report("keyring", f"{env_name('encryption_keys')} is not set")
+        report.add("keyring", f"{env_name('encryption_keys')} is not set")
     else:
         try:
             keyring = keyring_from_settings(settings)
-            report(f"keyring ({len(keyring.key_ids)} keys, primary {keyring.primary_kid})", None)
+            report.add(f"keyring ({len(keyring.key_ids)} keys, primary {keyring.primary_kid})")
         except ConfigurationError as error:
-            report("keyring", "; ".join(error.problems))
-
-    async def database_checks(database: Database) -> None:
-        try:
-            await database.ping()
-        except Exception as error:
-            report("database", f"unreachable: {type(error).__name__}")
-            return
-        report("database", None)
-        revision = await schema_revision(database)
-        head = head_revision()
-        report(
-            "schema",
-            None if revision == head else f"at {revision or 'nothing'}, head {head}; run migrate",
-        )
-
-    with_database(settings, database_checks)
-    if settings.google_client_id:
-        try:
-            answer = asyncio.run(_probe_provider(settings))
-            report(f"provider: {answer}", None)
-        except TransientError as error:
-            report("provider", f"unreachable ({error.reason})")
-    for line in lines:
+            report.add("keyring", "; ".join(error.problems))
+    asyncio.run(_check_database(settings, keyring, report))
+    asyncio.run(_check_upstreams(settings, report))
+    for line in report.lines:
         typer.echo(line)
-    if failed:
+    if report.failed:
         raise typer.Exit(1)
 
 
-async def _probe_provider(settings: Settings) -> str:
+class CheckReport:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.failed = False
+
+    def add(self, name: str, problem: str | None = None) -> None:
+        self.failed = self.failed or problem is not None
+        self.lines.append(f"ok   {name}" if problem is None else f"FAIL {name}: {problem}")
+
+
+async def _check_database(settings: Settings, keyring: Keyring | None, report: CheckReport) -> None:
+    where = describe_database(settings)
+    if missing_sqlite_file(settings.database_url) is not None:
+        report.add("database", f"no database at {where}; create it with `token-broker migrate`")
+        return
+    database = Database(create_engine(settings.database_url))
+    try:
+        try:
+            await database.ping()
+        except Exception as error:
+            report.add("database", f"{where} is unreachable ({type(error).__name__})")
+            return
+        report.add(f"database {where}")
+        revision, head = await schema_revision(database), head_revision()
+        if revision != head:
+            report.add("schema", f"at {revision or 'nothing'}, head {head}; run migrate")
+            return
+        report.add(f"schema (at {head})")
+        if keyring is not None:
+            sample = await sample_secrets(database, keyring)
+            problem = sample.problem()
+            if problem is None:
+                report.add(f"secrets ({sample.opened} sampled values open)")
+            else:
+                report.add("secrets", problem)
+            replicas = await live_replicas(database)
+            behind = lacking_key(replicas, keyring.primary_kid)
+            if behind:
+                report.add(
+                    "replicas",
+                    f"{len(behind)} of {len(replicas)} live replicas lack primary key "
+                    f"{keyring.primary_kid} (restart them with it): "
+                    + "; ".join(describe(replica) for replica in behind),
+                )
+            else:
+                held = f", all hold primary {keyring.primary_kid}" if replicas else ""
+                report.add(f"replicas ({len(replicas) or 'none'} live{held})")
+    finally:
+        await database.dispose()
+
+
+async def _check_upstreams(settings: Settings, report: CheckReport) -> None:
     async with build_http_client(settings) as http:
-        return await OAuthClient(Upstream(http), settings).probe()
+        upstream = Upstream(http)
+        try:
+            endpoints = await discover_endpoints(upstream, settings, backoff=ONE_TRY)
+        except DiscoveryFailed as error:
+            report.add("provider discovery", str(error))
+            return
+        if endpoints.discovered_from is not None:
+            report.add(f"provider discovery {endpoints.discovered_from}")
+        for probe in await probe_upstreams(upstream, endpoints):
+            if probe.problem is not None:
+                report.add(probe.name, probe.problem)
+            else:
+                report.add(f"{probe.name} {probe.url} ({probe.answer})")
 
 
 @clients_app.command("create")
@@ -270,24 +368,72 @@ def clients_create(
 
 @clients_app.command("list")
 def clients_list() -> None:
-    """List API clients: names, permissions, created and revoked times. Never keys."""
+    """List API clients: names, permissions, created time and status. Never keys."""
     settings = settings_or_exit()
     clients = with_database(settings, lambda db: ClientService(db).list())
-    typer.echo(f"{'NAME':<24} {'PERMISSIONS':<56} {'CREATED':<25} REVOKED")
+    now = utcnow()
+    typer.echo(f"{'NAME':<24} {'PERMISSIONS':<56} {'CREATED':<21} STATUS")
     for client in clients:
-        revoked = client.revoked_at.isoformat(timespec="seconds") if client.revoked_at else "-"
+        if client.revoked_at is not None:
+            status = f"revoked {rfc3339(client.revoked_at, 'seconds')}"
+        else:
+            status = "active"
+            until = client.previous_key_expires_at
+            if until is not None and until > now:
+                status += f"; the replaced key works until {rfc3339(until, 'seconds')}"
         typer.echo(
             f"{client.name:<24} {client.permissions:<56} "
-            f"{client.created_at.isoformat(timespec='seconds'):<25} {revoked}"
+            f"{rfc3339(client.created_at, 'seconds'):<21} {status}"
         )
+
+
+@clients_app.command("rotate")
+def clients_rotate(
+    name: Annotated[str, typer.Argument(help="The client's name.")],
+    overlap: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=30 * 86_400,
+            help="Seconds the current key keeps working (default: "
+            "TOKEN_BROKER_API_KEY_ROTATION_OVERLAP_SECONDS, 86400). 0 ends it now.",
+        ),
+    ] = None,
+) -> None:
+    """Give a client a new key (printed once); the current one works for the overlap."""
+    settings = settings_or_exit()
+    seconds = settings.api_key_rotation_overlap_seconds if overlap is None else overlap
+    client, key = with_database(
+        settings, lambda db: ClientService(db).rotate(name, overlap_seconds=seconds)
+    )
+    until = client.previous_key_expires_at
+    typer.echo(
+        f"rotated the key of API client {client.name}; "
+        + (
+            f"the previous key works until {rfc3339(until, 'seconds')}"
+            if until is not None
+            else "the previous key no longer works"
+        ),
+        err=True,
+    )
+    typer.echo("its new key follows; it is shown only now:", err=True)
+    typer.echo(key)
 
 
 @clients_app.command("revoke")
 def clients_revoke(name: Annotated[str, typer.Argument(help="The client's name.")]) -> None:
-    """Revoke an API client's key."""
+    """Revoke an API client's keys (it stays listed, its name taken, until deleted)."""
     settings = settings_or_exit()
     client = with_database(settings, lambda db: ClientService(db).revoke(name))
     typer.echo(f"revoked API client {client.name}")
+
+
+@clients_app.command("delete")
+def clients_delete(name: Annotated[str, typer.Argument(help="The client's name.")]) -> None:
+    """Delete an API client and its keys; its name is free again, the audit log keeps it."""
+    settings = settings_or_exit()
+    client = with_database(settings, lambda db: ClientService(db).delete(name))
+    typer.echo(f"deleted API client {client.name} (id {client.id}; its audit history remains)")
 
 
 @keys_app.command("generate")
@@ -304,8 +450,17 @@ def keys_generate(
 @keys_app.command("rotate")
 def keys_rotate(
     batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Rows per transaction.")] = 200,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Rotate although a live replica lacks the primary key (it will fail)."
+        ),
+    ] = False,
 ) -> None:
-    """Re-seal every stored secret under the primary (first) key; safe while serving."""
+    """Re-seal every stored secret under the primary (first) key; safe while serving.
+
+    Refuses while a live replica (one whose heartbeat is recent) lacks the primary key.
+    """
     settings = settings_or_exit()
     if settings.encryption_keys is None:
         raise fail([f"{env_name('encryption_keys')}: required"])
@@ -315,8 +470,20 @@ def keys_rotate(
         raise fail(error.problems) from None
     try:
         report = with_database(
-            settings, lambda db: KeyRotation(db, keyring, batch_size=batch_size).run()
+            settings, lambda db: KeyRotation(db, keyring, batch_size=batch_size).run(force=force)
         )
+    except ReplicasLackPrimaryKey as error:
+        raise fail(
+            [
+                f"refusing to rotate: {len(error.replicas)} live replica(s) do not hold the new "
+                f"primary key {error.primary}; they could not open what it seals:",
+                *(f"  {describe(replica)}" for replica in error.replicas),
+                f"Put {error.primary} first in {env_name('encryption_keys')} on every replica "
+                "and restart them (or wait until stopped ones drop out, 30 s); "
+                "--force rotates anyway.",
+            ],
+            code=1,
+        ) from None
     except DecryptionError as error:
         raise fail(
             [f"error: {error}; batches before it are done: fix the keyring, run again"], code=1

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
+
+import uvicorn
 
 from token_broker.app import create_app
 from token_broker.kit.clock import utcnow
@@ -48,6 +53,78 @@ def production_signals(environ: dict[str, str]) -> list[str]:
         if environ.get(ENV_PREFIX + name):
             signals.append(f"{ENV_PREFIX}{name} names a real Google client")
     return signals
+
+
+class PortInUse(Exception):
+    """Something already listens on the dev server's address."""
+
+
+class DataDirInUse(Exception):
+    """Another dev instance holds the data directory; the message says which."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Take the address before anything else happens, so a busy port changes nothing.
+
+    Listening (not only binding) is what keeps a second process off the port.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(2048)
+    except OSError as error:
+        listener.close()
+        raise PortInUse(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    listener.set_inheritable(True)
+    return listener
+
+
+def lock_data_dir(data_dir: Path, url: str) -> IO[str]:
+    """Hold the data directory for this process (released when it exits, however it exits).
+
+    Two instances on one folder would share one SQLite file and the sandbox's state,
+    and each start replaces the dev API key: the second would lock the first out.
+    """
+    import fcntl
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = (data_dir / "dev.lock").open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: say by whom (the holder wrote it below)
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise DataDirInUse(
+            f"{data_dir} is in use by a running token-broker dev ({holder})"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}, serving {url}\n")
+    handle.flush()
+    return handle
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """uvicorn that says so once it serves (never when the start failed)."""
+
+    def __init__(self, config: uvicorn.Config, on_serving: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_serving = on_serving
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self.on_serving()
+
+
+def serve(app: FastAPI, listener: socket.socket, on_serving: Callable[[], None]) -> None:
+    config = uvicorn.Config(
+        app, log_config=None, access_log=False, server_header=False, timeout_graceful_shutdown=5
+    )
+    _AnnouncingServer(config, on_serving).run(sockets=[listener])
 
 
 @dataclass
@@ -149,7 +226,7 @@ Token Broker dev mode: the broker and a sandbox Google, on {base}
   API docs  {base}/docs
   sandbox   {base}/sandbox, with {users}
 
-A dev API key with every permission (replaces the previous dev key):
+A dev API key with every permission (it replaces the previous dev key of this folder):
 
   export TB_KEY={environment.api_key}
 

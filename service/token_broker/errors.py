@@ -189,6 +189,16 @@ class PayloadTooLarge(BrokerError):
     default_detail = "The request body exceeds the broker's limit."
 
 
+class UnsupportedMediaType(BrokerError):
+    status = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+    default_detail = (
+        "The body must be JSON sent with `Content-Type: application/json` "
+        "(curl: add -H 'Content-Type: application/json')."
+    )
+
+
 class UriTooLong(BrokerError):
     status = 414
     code = "uri_too_long"

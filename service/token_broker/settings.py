@@ -26,6 +26,8 @@ GOOGLE_REVOKE_URI = "https://oauth2.googleapis.com/revoke"
 GOOGLE_JWKS_URI = "https://www.googleapis.com/oauth2/v3/certs"
 GOOGLE_GMAIL_API_BASE = "https://gmail.googleapis.com"
 GOOGLE_ISSUER = "https://accounts.google.com"
+# Google's ID tokens carry either form (GOOGLE.md, "Identity").
+GOOGLE_ISSUERS = (GOOGLE_ISSUER, "accounts.google.com")
 GMAIL_READONLY_SCOPE = "https://www.googleapis.com/auth/gmail.readonly"
 DEFAULT_SCOPES = ("openid", "email", "profile", GMAIL_READONLY_SCOPE)
 
@@ -44,6 +46,10 @@ class ConfigurationError(Exception):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def is_google_issuer(issuer: str) -> bool:
+    return issuer.rstrip("/") in GOOGLE_ISSUERS
 
 
 def env_name(field: str) -> str:
@@ -83,6 +89,8 @@ class Settings(BaseSettings):
     scopes: Annotated[tuple[str, ...], NoDecode] = DEFAULT_SCOPES
     required_scopes: Annotated[tuple[str, ...], NoDecode] = (GMAIL_READONLY_SCOPE,)
     issuer: str = GOOGLE_ISSUER
+    # OpenID Connect discovery: one URL for every endpoint (google/discovery.py).
+    discovery_url: str | None = None
     auth_uri: str = GOOGLE_AUTH_URI
     token_uri: str = GOOGLE_TOKEN_URI
     userinfo_uri: str = GOOGLE_USERINFO_URI
@@ -134,6 +142,8 @@ class Settings(BaseSettings):
 
     # Callers
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # `clients rotate`: how long the replaced key keeps working (callers move over meanwhile).
+    api_key_rotation_overlap_seconds: int = Field(default=86_400, ge=0, le=30 * 86_400)
     rate_limit_per_second: float = Field(default=1000.0, ge=0, le=1_000_000)
     rate_limit_burst: float = Field(default=2000.0, ge=1, le=10_000_000)
     key_lookups_per_second: float = Field(default=200.0, ge=0, le=100_000)
@@ -207,9 +217,9 @@ class Settings(BaseSettings):
             raise ValueError("expected the absolute http(s) callback URL registered with Google")
         return value
 
-    @field_validator("webhook_url")
+    @field_validator("webhook_url", "discovery_url")
     @classmethod
-    def _webhook_url(cls, value: str | None) -> str | None:
+    def _optional_http_url(cls, value: str | None) -> str | None:
         if value is not None and not _is_http_url(value):
             raise ValueError("expected an absolute http(s) URL")
         return value
@@ -256,6 +266,34 @@ class Settings(BaseSettings):
             if value and not filled.get(field):
                 filled[field] = value
         return filled
+
+    @model_validator(mode="after")
+    def _issuer_to_discover_from(self) -> Settings:
+        if self.discovery_document_url is not None and not _is_http_url(self.issuer):
+            raise ValueError(
+                f"{env_name('issuer')}: expected the provider's http(s) URL, its endpoints are "
+                f"discovered from it (or set {env_name('discovery_url')}, or every endpoint)"
+            )
+        return self
+
+    @property
+    def discovery_document_url(self) -> str | None:
+        """Where the provider's endpoints are discovered, or None when the settings name them.
+
+        `TOKEN_BROKER_DISCOVERY_URL` if set; else, for an issuer other than Google's whose
+        endpoints are not all set, `<issuer>/.well-known/openid-configuration`. Google's
+        issuer alone keeps the built-in endpoints (no request at start).
+        """
+        if self.discovery_url is not None:
+            return self.discovery_url
+        every_endpoint = {"auth_uri", "token_uri", "userinfo_uri", "revoke_uri", "jwks_uri"}
+        if (
+            "issuer" in self.model_fields_set
+            and not is_google_issuer(self.issuer)
+            and not every_endpoint <= self.model_fields_set
+        ):
+            return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        return None
 
     @property
     def is_development(self) -> bool:

@@ -1,5 +1,6 @@
 """The CLI as an operator runs it: `python -m token_broker ...` in a subprocess."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 from tests.support.brokers import start_broker
 from tests.support.hygiene import register_secret
 from tests.support.processes import cli
+from token_broker.store.migrations import head_revision
 from token_broker.store.sealing import Keyring
 
 
@@ -54,6 +56,27 @@ async def test_clients_create_list_revoke_round_trip(
         await lifespan.__aexit__(None, None, None)
 
     assert cli("clients", "revoke", "nobody", env=cli_env, cwd=tmp_path).returncode == 1
+    taken = cli("clients", "create", "crm-sync", "-p", "tokens:read", env=cli_env, cwd=tmp_path)
+    assert taken.returncode == 1
+    assert "clients delete crm-sync" in taken.stderr
+    listed = cli("clients", "list", env=cli_env, cwd=tmp_path)
+    assert "revoked 20" in listed.stdout
+
+    deleted = cli("clients", "delete", "crm-sync", env=cli_env, cwd=tmp_path)
+    assert deleted.returncode == 0, deleted.stderr
+    assert "its audit history remains" in deleted.stdout
+    again = cli("clients", "create", "crm-sync", "-p", "tokens:read", env=cli_env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    register_secret(again.stdout.strip())
+
+    rotated = cli("clients", "rotate", "crm-sync", "--overlap", "600", env=cli_env, cwd=tmp_path)
+    assert rotated.returncode == 0, rotated.stderr
+    new_key = register_secret(rotated.stdout.strip())
+    assert new_key.startswith("tbk_")
+    assert "the previous key works until 20" in rotated.stderr
+    listed = cli("clients", "list", env=cli_env, cwd=tmp_path)
+    assert "active; the replaced key works until 20" in listed.stdout
+    assert re.search(r"until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", listed.stdout)
 
 
 def test_clients_create_refuses_unknown_permissions(cli_env, tmp_path: Path) -> None:
@@ -64,36 +87,87 @@ def test_clients_create_refuses_unknown_permissions(cli_env, tmp_path: Path) -> 
     assert "tokens:write" in result.stderr
 
 
-def test_check_reports_one_line_per_check(cli_env, tmp_path: Path) -> None:
+def test_check_reports_one_line_per_check(cli_env, database_url: str, tmp_path: Path) -> None:
     result = cli("check", env=cli_env, cwd=tmp_path)
     lines = result.stdout.splitlines()
-    assert lines[:4] == [
-        "ok   configuration",
-        "ok   keyring (1 keys, primary test1)",
-        "ok   database",
-        "ok   schema",
+    assert lines[:2] == ["ok   configuration", "ok   keyring (1 keys, primary test1)"]
+    assert lines[2].startswith("ok   database ")
+    assert "(the default" not in lines[2]
+    assert lines[3] == f"ok   schema (at {head_revision()})"
+    assert lines[4] == "ok   secrets (0 sampled values open)"
+    assert lines[5] == "ok   replicas (none live)"
+    # Nothing listens where cli_env points the provider: each upstream names its URL (the
+    # reachable case is in test_operations, against the sandbox).
+    assert lines[6:] == [
+        "FAIL provider token endpoint: http://127.0.0.1:9/token_uri unreachable (ConnectError)",
+        "FAIL provider signing keys: http://127.0.0.1:9/jwks_uri unreachable (ConnectError)",
+        "FAIL Gmail: http://127.0.0.1:9/gmail/v1/users/me/messages unreachable (ConnectError)",
     ]
-    # Nothing listens where cli_env points the provider (the reachable case is in
-    # test_operations, against the sandbox).
-    assert lines[4] == "FAIL provider: unreachable (token: ConnectError)"
     assert result.returncode == 1
+
+
+def test_check_and_migrate_say_which_database_and_check_creates_none(tmp_path: Path) -> None:
+    result = cli("check", env={}, cwd=tmp_path)
+    assert result.returncode == 1
+    default = f"sqlite+aiosqlite:///{tmp_path.resolve()}/token-broker.db"
+    assert (
+        f"FAIL database: no database at {default} (the default: TOKEN_BROKER_DATABASE_URL is "
+        "not set); create it with `token-broker migrate`"
+    ) in result.stdout
+    assert "FAIL configuration: TOKEN_BROKER_ENCRYPTION_KEYS" in result.stdout
+    assert not (tmp_path / "token-broker.db").exists()
+
+    migrated = cli("migrate", env={}, cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout.splitlines() == [
+        f"creating database {default} (the default: TOKEN_BROKER_DATABASE_URL is not set)",
+        f"database at revision {head_revision()} (head)",
+    ]
+    again = cli("check", env={}, cwd=tmp_path)
+    assert f"ok   database {default} (the default" in again.stdout
 
 
 def test_check_names_what_is_wrong(tmp_path: Path) -> None:
     result = cli(
         "check",
-        env={"TOKEN_BROKER_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/new.db"},
+        env={"TOKEN_BROKER_DATABASE_URL": "postgresql+asyncpg://broker:pw-123@127.0.0.1:1/x"},
         cwd=tmp_path,
     )
     assert result.returncode == 1
     assert "FAIL configuration: TOKEN_BROKER_ENCRYPTION_KEYS" in result.stdout
-    assert "FAIL schema: at nothing" in result.stdout
+    assert (
+        "FAIL database: postgresql+asyncpg://broker:***@127.0.0.1:1/x is unreachable"
+        in result.stdout
+    )
+    assert "pw-123" not in result.stdout + result.stderr
+
+
+def test_commands_on_a_database_without_schema_say_to_migrate(
+    cli_env, empty_database_url: str, tmp_path: Path
+) -> None:
+    env = {**cli_env, "TOKEN_BROKER_DATABASE_URL": empty_database_url}
+    result = cli("clients", "list", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    # SQLite: no file yet (and none created); Postgres: a database without tables.
+    assert "is at revision nothing" in result.stderr or "no database at" in result.stderr
+    assert "token-broker migrate`" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_serve_refuses_incomplete_configuration(tmp_path: Path) -> None:
     result = cli("serve", env={"TOKEN_BROKER_TOKEN_URI": "nope"}, cwd=tmp_path)
     assert result.returncode == 2
     assert "TOKEN_BROKER_TOKEN_URI: expected an absolute http(s) URL" in result.stderr
+
+
+def test_a_malformed_encryption_key_is_one_line(cli_env, tmp_path: Path) -> None:
+    short = register_secret("k1:" + "QUJD" * 10)  # 30 bytes, not 32
+    result = cli("serve", env={**cli_env, "TOKEN_BROKER_ENCRYPTION_KEYS": short}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "configuration error:",
+        "  TOKEN_BROKER_ENCRYPTION_KEYS: key 'k1' is 30 bytes; expected 32 (AES-256)",
+    ]
 
 
 def _python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:

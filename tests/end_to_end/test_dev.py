@@ -12,56 +12,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from tests.support.hygiene import ARTIFACTS, register_secret
+from tests.support.dev import DevProcess
+from tests.support.hygiene import register_secret
 from tests.support.polling import eventually
 from tests.support.processes import free_port
-
-
-class DevProcess:
-    def __init__(self, data_dir: Path, port: int, env: dict[str, str] | None = None) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.stdout = data_dir.parent / f"dev-{port}.out"
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "token_broker",
-                "dev",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data_dir),
-            ],
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})},
-            stdout=self.stdout.open("w"),
-            stderr=(ARTIFACTS / f"dev-{port}.log").open("w"),
-            cwd=data_dir.parent,
-        )
-
-    async def key(self) -> str:
-        def printed() -> str | None:
-            for line in self.stdout.read_text().splitlines():
-                if "export TB_KEY=" in line:
-                    return line.split("=", 1)[1].strip()
-            return None
-
-        key = await eventually(printed, within=30)
-        register_secret(key)
-        async with httpx.AsyncClient() as client:
-
-            async def up() -> bool:
-                try:
-                    return (await client.get(f"{self.url}/readyz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await eventually(up, within=30)
-        return str(key)
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
 
 
 async def test_the_printed_steps_work_and_survive_a_restart(tmp_path: Path) -> None:
@@ -156,3 +110,34 @@ async def test_dev_refuses_a_production_looking_configuration(tmp_path: Path) ->
     assert "TOKEN_BROKER_DATABASE_URL points at Postgres" in result.stderr
     assert "TOKEN_BROKER_GOOGLE_CLIENT_ID" in result.stderr
     assert not (tmp_path / "d").exists()
+
+
+async def test_a_second_dev_changes_nothing_and_says_why(tmp_path: Path) -> None:
+    data_dir = tmp_path / "dev-data"
+    first = DevProcess(data_dir, free_port())
+    try:
+        # The banner appears only once the server answers: no retry needed after it.
+        key = await eventually(first.printed_key, within=30)
+        async with httpx.AsyncClient(
+            base_url=first.url, headers={"Authorization": f"Bearer {key}"}
+        ) as client:
+            assert (await client.get("/v1/accounts")).status_code == 200
+
+            same_port = DevProcess(data_dir, first.port)
+            assert await asyncio.to_thread(same_port.wait) == 2
+            assert same_port.stdout.read_text() == ""  # no banner, no key
+            assert "cannot listen on 127.0.0.1" in same_port.stderr.read_text()
+            assert "--port" in same_port.stderr.read_text()
+
+            same_folder = DevProcess(data_dir, free_port())
+            assert await asyncio.to_thread(same_folder.wait) == 2
+            assert same_folder.stdout.read_text() == ""
+            refused = same_folder.stderr.read_text()
+            assert "is in use by a running token-broker dev" in refused
+            assert f"pid {first.process.pid}, serving {first.url}" in refused
+            assert "--data-dir" in refused
+
+            # The first instance's key and database were left alone.
+            assert (await client.get("/v1/accounts")).status_code == 200
+    finally:
+        first.stop()

@@ -1,12 +1,17 @@
+import time
+from datetime import timedelta
+
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
 from tests.support.brokers import Broker
+from tests.support.hygiene import register_secret
 from tests.support.polling import eventually
-from token_broker.errors import BadRequest
+from token_broker.errors import BadRequest, NotFound
+from token_broker.kit.clock import utcnow
 from token_broker.services.api_keys import Permission, hash_api_key
 from token_broker.services.clients import ClientService
-from token_broker.store.models import ApiClient
+from token_broker.store.models import ApiClient, AuditEvent
 
 
 async def get_account_list(broker: Broker, key: str | None) -> int:
@@ -91,3 +96,83 @@ async def test_clients_list_and_duplicate_names(database) -> None:
         await service.create("support-tool", ["tokens:read"])
     with pytest.raises(BadRequest, match="unknown permission"):
         await service.create("other", ["tokens:write"])
+
+
+async def test_rotation_overlaps_then_ends_the_replaced_key(
+    broker_factory, settings_factory
+) -> None:
+    broker = await broker_factory(settings_factory(api_key_cache_seconds=0))
+    service = ClientService(broker.state.database)
+    old = await broker.api_key(Permission.ACCOUNTS_READ, name="crm-sync")
+
+    client, new = await service.rotate("crm-sync", overlap_seconds=3600)
+    register_secret(new)
+    assert new != old
+    assert await get_account_list(broker, new) == 200
+    assert await get_account_list(broker, old) == 200  # within the overlap
+    assert client.previous_key_expires_at is not None
+
+    # The overlap ends: the replaced key stops, the new one goes on.
+    async with broker.state.database.transaction() as session:
+        row = (await session.exec(select(ApiClient).where(ApiClient.name == "crm-sync"))).one()
+        row.previous_key_expires_at = utcnow() - timedelta(seconds=1)
+        session.add(row)
+    assert await get_account_list(broker, old) == 401
+    assert await get_account_list(broker, new) == 200
+
+    # Rotating again with no overlap ends the current key at once; revoking ends every key.
+    _, newest = await service.rotate("crm-sync", overlap_seconds=0)
+    register_secret(newest)
+    assert await get_account_list(broker, new) == 401
+    assert await get_account_list(broker, newest) == 200
+    await service.revoke("crm-sync")
+    assert await get_account_list(broker, newest) == 401
+    with pytest.raises(BadRequest, match="revoked"):
+        await service.rotate("crm-sync", overlap_seconds=60)
+
+
+async def test_a_cached_replaced_key_stops_when_its_overlap_ends(broker: Broker) -> None:
+    authenticator = broker.state.authenticator
+    old = await broker.api_key(Permission.ACCOUNTS_READ, name="cached")
+    await ClientService(broker.state.database).rotate("cached", overlap_seconds=1)
+    authenticator.forget()
+    assert await get_account_list(broker, old) == 200
+    # Cached for at most what is left of the overlap, not the full cache lifetime.
+    (expires_at, caller), *_ = authenticator._cache.values()
+    assert caller is not None
+    assert expires_at - time.monotonic() <= 1.0
+
+
+async def test_delete_frees_the_name_and_the_audit_keeps_the_history(broker: Broker) -> None:
+    service = ClientService(broker.state.database)
+    key = await broker.api_key(Permission.ACCOUNTS_READ, name="support-tool")
+    await service.revoke("support-tool")
+    with pytest.raises(BadRequest, match="clients delete support-tool"):
+        await service.create("support-tool", ["tokens:read"])
+
+    deleted = await service.delete("support-tool")
+    broker.state.authenticator.forget()
+    assert await get_account_list(broker, key) == 401
+    again, new_key = await service.create("support-tool", ["accounts:read"])
+    register_secret(new_key)
+    assert again.id != deleted.id
+    assert await get_account_list(broker, new_key) == 200
+    assert [c.name for c in await service.list()] == ["support-tool"]
+
+    await broker.state.audit.flush()
+    async with broker.state.database.transaction() as session:
+        events = (
+            await session.exec(
+                select(AuditEvent)
+                .where(col(AuditEvent.action).like("client_%"))
+                .order_by(col(AuditEvent.id))
+            )
+        ).all()
+    assert [(e.action, e.client_id, (e.detail or {}).get("name")) for e in events] == [
+        ("client_created", deleted.id, "support-tool"),
+        ("client_revoked", deleted.id, "support-tool"),
+        ("client_deleted", deleted.id, "support-tool"),
+        ("client_created", again.id, "support-tool"),
+    ]
+    with pytest.raises(NotFound):
+        await service.delete("nobody")

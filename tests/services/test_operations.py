@@ -330,18 +330,36 @@ async def test_check_reports_the_provider(provider: Provider, cli_env, tmp_path)
     env = {**cli_env, **{f"TOKEN_BROKER_{k.upper()}": v for k, v in provider.settings().items()}}
     result = await asyncio.to_thread(cli, "check", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (
-        f"ok   provider: discovery document at {provider.url}/.well-known/openid-configuration"
-        in result.stdout
-    )
-    unreachable = {
-        **env,
-        "TOKEN_BROKER_ISSUER": "http://127.0.0.1:9",
-        "TOKEN_BROKER_TOKEN_URI": "http://127.0.0.1:9/token",
-    }
+    assert result.stdout.splitlines()[-3:] == [
+        f"ok   provider token endpoint {provider.url}/token (HTTP 400)",
+        f"ok   provider signing keys {provider.url}/oauth2/v3/certs (HTTP 200)",
+        f"ok   Gmail {provider.url}/gmail/v1/users/me/messages (HTTP 401)",
+    ]
+    unreachable = {**env, "TOKEN_BROKER_TOKEN_URI": "http://127.0.0.1:9/token"}
     result = await asyncio.to_thread(cli, "check", env=unreachable, cwd=tmp_path)
     assert result.returncode == 1
-    assert "FAIL provider: unreachable" in result.stdout
+    assert (
+        "FAIL provider token endpoint: http://127.0.0.1:9/token unreachable (ConnectError)"
+        in result.stdout
+    )
+
+    # One variable: the endpoints come from the provider's discovery document.
+    issuer_only = {
+        k: v for k, v in env.items() if not k.endswith(("_URI", "_API_BASE")) or "REDIRECT" in k
+    }
+    result = await asyncio.to_thread(cli, "check", env=issuer_only, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        f"ok   provider discovery {provider.url}/.well-known/openid-configuration" in result.stdout
+    )
+    assert f"ok   Gmail {provider.url}/gmail/v1/users/me/messages (HTTP 401)" in result.stdout
+    nobody = {**issuer_only, "TOKEN_BROKER_ISSUER": "http://127.0.0.1:9"}
+    result = await asyncio.to_thread(cli, "check", env=nobody, cwd=tmp_path)
+    assert result.returncode == 1
+    assert (
+        "FAIL provider discovery: TOKEN_BROKER_ISSUER: no answer from "
+        "http://127.0.0.1:9/.well-known/openid-configuration (discovery: ConnectError"
+    ) in result.stdout
 
 
 def test_compose_runs_replicas_behind_one_port_on_one_postgres() -> None:
@@ -356,3 +374,46 @@ def test_compose_runs_replicas_behind_one_port_on_one_postgres() -> None:
     )
     assert services["postgres"]["healthcheck"]
     assert "postgres-data" in compose["volumes"]
+
+
+def test_compose_publishes_only_the_api_and_needs_only_dotenv() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert [name for name, spec in services.items() if "ports" in spec] == ["proxy"]
+    assert "configs" not in compose  # inline configs need Compose v2.23+: avoided
+    assert compose["networks"]["db"]["internal"] is True
+    assert services["postgres"]["networks"] == ["db"]
+    assert "db" not in services["proxy"]["networks"]
+    proxy = (ROOT / "deploy" / "proxy.conf").read_text()
+    published = re.findall(r"location (?:= )?(\S+) \{ proxy_pass", proxy)
+    assert "/metrics" not in published
+    assert {"/v1/", "/healthz", "/readyz", "/docs", "/openapi.json"} <= set(published)
+    assert "location / { return 404; }" in proxy
+
+    # Every variable compose requires is in .env.example, and so is every setting the
+    # broker cannot serve without.
+    required = set(re.findall(r"\$\{(\w+):\?", (ROOT / "docker-compose.yml").read_text()))
+    example = {
+        line.split("=", 1)[0]
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert required <= example
+    assert {
+        "TOKEN_BROKER_ENCRYPTION_KEYS",
+        "TOKEN_BROKER_GOOGLE_CLIENT_ID",
+        "TOKEN_BROKER_GOOGLE_CLIENT_SECRET",
+        "TOKEN_BROKER_REDIRECT_URI",
+    } <= example
+
+
+def test_the_docker_build_context_is_only_what_the_image_needs() -> None:
+    text = (ROOT / ".dockerignore").read_text().splitlines()
+    ignore = [line.strip() for line in text if line.strip() and not line.startswith("#")]
+    assert ignore[0] == "*"  # an allow-list: .venv, .git, .token-broker-dev, .env stay out
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    copied = set()
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY") and "--from" not in line:
+            copied.update(part.rstrip("/") for part in line.split()[1:-1])
+    assert copied == allowed

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
+import pytest
 from pydantic import SecretStr
 from sqlmodel import select
 
@@ -11,7 +13,7 @@ from tests.support.brokers import TEST_KEYS
 from tests.support.flow import Live
 from tests.support.hygiene import register_secret
 from tests.support.processes import cli
-from token_broker.services.key_rotation import KeyRotation
+from token_broker.services.key_rotation import KeyRotation, ReplicasLackPrimaryKey
 from token_broker.store.models import Account, OAuthState
 from token_broker.store.sealing import Keyring
 
@@ -25,13 +27,27 @@ async def test_rotation_reseals_everything_and_resumes(
     new_entry = register_secret(Keyring.generate_entry("k2"))
     rotated = Keyring.parse(f"{new_entry},{TEST_KEYS}")
 
-    report = await KeyRotation(live.broker.state.database, rotated, batch_size=1).run()
+    # The running broker holds only the old key: rotating now would lock it out.
+    with pytest.raises(ReplicasLackPrimaryKey) as refused:
+        await KeyRotation(live.broker.state.database, rotated).run()
+    assert [replica.pid for replica in refused.value.replicas] == [os.getpid()]
+    assert refused.value.replicas[0].key_id_list == ["test1"]
+    assert (await live.broker.client.get("/readyz")).status_code == 200
+
+    report = await KeyRotation(live.broker.state.database, rotated, batch_size=1).run(force=True)
     assert report.primary == "k2"
     assert report.resealed["accounts.refresh_token"] == 1
     assert report.resealed["accounts.access_token"] == 1
     assert report.resealed["oauth_states.code_verifier"] >= 1
-    again = await KeyRotation(live.broker.state.database, rotated).run()
+    again = await KeyRotation(live.broker.state.database, rotated).run(force=True)
     assert again.total_resealed == 0
+
+    # The replica left behind says so: not ready, naming the key it cannot open.
+    ready = await live.broker.client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["secrets"].startswith(
+        "cannot open secrets sealed with key k2 (not in this replica's keyring, which holds test1"
+    )
 
     async with live.broker.state.database.transaction() as session:
         account = (await session.exec(select(Account))).one()
@@ -74,10 +90,12 @@ async def test_rotation_while_serving(live: Live, broker_factory, settings_facto
         return statuses
 
     rotation = KeyRotation(replica.state.database, Keyring.parse(both), batch_size=1)
-    statuses, report = await asyncio.gather(serve_tokens(), rotation.run())
+    # `live`'s own broker still runs with the old key only: forced past it on purpose.
+    statuses, report = await asyncio.gather(serve_tokens(), rotation.run(force=True))
     assert set(statuses) == {200}
     assert report.primary == "k3"
-    assert (await rotation.run()).total_resealed == 0
+    assert (await rotation.run(force=True)).total_resealed == 0
+    assert (await replica.client.get("/readyz")).status_code == 200
 
 
 def test_keys_rotate_command(cli_env, tmp_path) -> None:

@@ -14,7 +14,13 @@ async def test_readyz_when_migrated(broker) -> None:
     assert response.status_code == 200
     assert response.json() == {
         "status": "ready",
-        "checks": {"database": "ok", "schema": "ok", "keyring": "ok", "gmail_quota": "ok"},
+        "checks": {
+            "database": "ok",
+            "schema": "ok",
+            "secrets": "ok",
+            "keyring": "ok",
+            "gmail_quota": "ok",
+        },
     }
 
 

@@ -26,10 +26,10 @@ from joserfc.errors import InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 from pydantic import BaseModel, SecretStr, ValidationError, field_validator
 
+from token_broker.google.discovery import ProviderEndpoints
 from token_broker.google.transport import Upstream, UpstreamProtocolError, json_object
 from token_broker.kit.clock import utcnow
-from token_broker.kit.retry import TransientError
-from token_broker.settings import GOOGLE_ISSUER, Settings
+from token_broker.settings import GOOGLE_ISSUERS, Settings, is_google_issuer
 
 MAX_TOKEN_LIFETIME = 86_400
 # Google rotates its signing keys (about daily), so an unknown `kid` refetches the key set;
@@ -103,17 +103,20 @@ class PkcePair:
 
 
 class OAuthClient:
-    def __init__(self, upstream: Upstream, settings: Settings) -> None:
+    def __init__(
+        self, upstream: Upstream, settings: Settings, endpoints: ProviderEndpoints | None = None
+    ) -> None:
         self.upstream = upstream
         self.settings = settings
+        self.endpoints = endpoints or ProviderEndpoints.configured(settings)
         self.client_id = settings.google_client_id or ""
         self._client_secret = settings.google_client_secret or SecretStr("")
         self._jwks: KeySet | None = None
         self._jwks_fetched_at = 0.0
         self._jwks_lock = asyncio.Lock()
-        issuers = {settings.issuer}
-        if settings.issuer == GOOGLE_ISSUER:
-            issuers.add("accounts.google.com")
+        issuers = {self.endpoints.issuer}
+        if is_google_issuer(self.endpoints.issuer):
+            issuers.update(GOOGLE_ISSUERS)
         self.issuers = sorted(issuers)
 
     # ------------------------------------------------------------------ authorization
@@ -129,7 +132,7 @@ class OAuthClient:
         nonce: str,
     ) -> str:
         url: str = prepare_grant_uri(
-            self.settings.auth_uri,
+            self.endpoints.auth_uri,
             client_id=self.client_id,
             response_type="code",
             redirect_uri=redirect_uri,
@@ -175,7 +178,7 @@ class OAuthClient:
             form = {**form, "client_id": self.client_id, "client_secret": secret}
         received_at = utcnow()
         response = await self.upstream.send(
-            "token", "POST", self.settings.token_uri, data=form, headers=headers
+            "token", "POST", self.endpoints.token_uri, data=form, headers=headers
         )
         body = json_object(response)
         if response.status_code != 200:
@@ -212,7 +215,7 @@ class OAuthClient:
     async def revoke(self, token: SecretStr) -> bool:
         """True when the provider confirmed the grant is gone (or already was)."""
         response = await self.upstream.send(
-            "revoke", "POST", self.settings.revoke_uri, data={"token": token.get_secret_value()}
+            "revoke", "POST", self.endpoints.revoke_uri, data={"token": token.get_secret_value()}
         )
         if response.status_code == 200:
             return True
@@ -226,29 +229,12 @@ class OAuthClient:
         response = await self.upstream.send(
             "userinfo",
             "GET",
-            self.settings.userinfo_uri,
+            self.endpoints.userinfo_uri,
             headers={"Authorization": f"Bearer {access_token.get_secret_value()}"},
         )
         if response.status_code != 200:
             raise UpstreamProtocolError(f"userinfo: HTTP {response.status_code}")
         return json_object(response)
-
-    async def probe(self) -> str:
-        """How the provider answered: its discovery document, or at least its token endpoint.
-
-        Raises TransientError when neither answers.
-        """
-        discovery = self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
-        if discovery.startswith(("http://", "https://")):
-            try:
-                response = await self.upstream.send("discovery", "GET", discovery)
-                if response.status_code == 200 and "token_endpoint" in json_object(response):
-                    return f"discovery document at {discovery}"
-            except (TransientError, UpstreamProtocolError):
-                pass
-        # An empty token request is refused, but any answer proves the endpoint is there.
-        response = await self.upstream.send("token", "POST", self.settings.token_uri, data={})
-        return f"token endpoint answers (HTTP {response.status_code})"
 
     # ------------------------------------------------------------------ ID token
 
@@ -302,7 +288,7 @@ class OAuthClient:
             age = time.monotonic() - self._jwks_fetched_at
             stale = self._jwks is None or age > self.settings.jwks_cache_seconds
             if stale or (refresh and age > JWKS_REFETCH_INTERVAL_SECONDS):
-                response = await self.upstream.send("jwks", "GET", self.settings.jwks_uri)
+                response = await self.upstream.send("jwks", "GET", self.endpoints.jwks_uri)
                 if response.status_code != 200:
                     raise UpstreamProtocolError(f"jwks: HTTP {response.status_code}")
                 try:

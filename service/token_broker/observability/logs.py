@@ -7,8 +7,8 @@ import json
 import logging
 import re
 import sys
+import time
 import traceback
-from datetime import UTC, datetime
 from typing import Any
 
 from token_broker.observability.request_ids import current_request_id
@@ -53,6 +53,20 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class ExplainedStartupFailures(logging.Filter):
+    """Drops the server's traceback of a start refused for configuration.
+
+    The app logged the reason in one line per problem before raising; uvicorn then
+    prints the whole traceback of that ConfigurationError, which says nothing more.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "uvicorn.error" or record.levelno < logging.ERROR:
+            return True
+        text = record.getMessage()
+        return not (text.startswith("Traceback") and "ConfigurationError: " in text)
+
+
 def install_request_id_on_records() -> None:
     """Stamp every log record with the current request id, whoever handles it (idempotent)."""
     previous = logging.getLogRecordFactory()
@@ -78,10 +92,17 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, No
 }
 
 
+def _utc_timestamp(record: logging.LogRecord) -> str:
+    # RFC 3339 with `Z`, the form of every timestamp the broker writes (kit.clock.rfc3339).
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + (
+        f".{int(record.msecs):03d}Z"
+    )
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": _utc_timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -115,6 +136,7 @@ def configure_logging(level: str, log_format: str) -> None:
     """Route every log record (ours, uvicorn's, libraries') through one redacting handler."""
     install_request_id_on_records()
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ExplainedStartupFailures())
     handler.addFilter(RedactingFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()

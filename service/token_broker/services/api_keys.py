@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from token_broker.errors import BadRequest, Forbidden, RateLimited, Unauthenticated
+from token_broker.kit.clock import utcnow
 from token_broker.kit.rate_limit import RateLimiter
 from token_broker.kit.single_flight import SingleFlight
 from token_broker.store.database import Database
@@ -121,10 +122,10 @@ class Authenticator:
         return caller
 
     async def _lookup_and_cache(self, key_hash: str) -> Caller | None:
-        caller = await self._lookup(key_hash)
+        caller, holds_for = await self._lookup(key_hash)
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
-        self._cache[key_hash] = (time.monotonic() + self.ttl, caller)
+        self._cache[key_hash] = (time.monotonic() + min(self.ttl, holds_for), caller)
         return caller
 
     def on_change(self, kind: str, identifier: str | None) -> None:
@@ -140,9 +141,16 @@ class Authenticator:
             if caller is not None and caller.client_id == client_id:
                 del self._cache[key_hash]
 
-    async def _lookup(self, key_hash: str) -> Caller | None:
+    async def _lookup(self, key_hash: str) -> tuple[Caller | None, float]:
+        """The caller a key stands for, and for how many seconds that answer holds."""
         async with self.database.transaction() as session:
             client = await ApiClientRepository(session).by_key_hash(key_hash)
         if client is None or client.revoked_at is not None:
-            return None
-        return Caller(client.id, client.name, frozenset(client.permission_list))
+            return None, self.ttl
+        caller = Caller(client.id, client.name, frozenset(client.permission_list))
+        if client.key_hash == key_hash:
+            return caller, self.ttl
+        # The key a rotation replaced: good until the end of its overlap, not a moment more.
+        expires = client.previous_key_expires_at
+        remaining = (expires - utcnow()).total_seconds() if expires is not None else 0.0
+        return (caller, remaining) if remaining > 0 else (None, self.ttl)

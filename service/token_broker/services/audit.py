@@ -20,7 +20,7 @@ from typing import Any
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from token_broker.kit.background import Background, every
-from token_broker.kit.clock import utcnow
+from token_broker.kit.clock import rfc3339, utcnow
 from token_broker.observability.request_ids import current_request_id
 from token_broker.store.database import Database
 from token_broker.store.repositories import AuditRepository
@@ -39,6 +39,8 @@ class Action(StrEnum):
     KEY_ROTATION = "key_rotation"
     CLIENT_CREATED = "client_created"
     CLIENT_REVOKED = "client_revoked"
+    CLIENT_KEY_ROTATED = "client_key_rotated"
+    CLIENT_DELETED = "client_deleted"
 
 
 def _event(
@@ -121,7 +123,7 @@ class AuditBuffer:
             self.on_drop()
 
     def _drain_counts(self) -> None:
-        flushed_at = utcnow().isoformat()
+        flushed_at = rfc3339(utcnow())
         for (name, client_id, account_id), (count, first_at, request_id) in self._counted.items():
             action, _, source = name.partition(":")
             self._pending.append(

@@ -141,7 +141,11 @@ class ConnectService:
                 raise IssuerMismatch()
             if "error" in params:
                 if params["error"] == "access_denied":
-                    raise AccessDenied()
+                    # A person who pressed Cancel may change their mind: the page offers the
+                    # same flow again (an app with a return_to decides for itself).
+                    raise AccessDenied(
+                        authorization_url=None if started.return_to else self._link(flow)
+                    )
                 raise CodeExchangeFailed(
                     "The provider answered the authorization with an error.",
                     authorization_url=self._link(flow),
@@ -162,8 +166,6 @@ class ConnectService:
             await self._record_failure(error, flow)
             return CallbackOutcome(started.return_to, consumed.authorization_id, error=error)
         return CallbackOutcome(started.return_to, consumed.authorization_id, account=account)
-
-    # ------------------------------------------------------------------ exchange
 
     async def exchange(
         self, *, client_id: str, code: str, redirect_uri: str | None, code_verifier: str | None

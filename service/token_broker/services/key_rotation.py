@@ -4,7 +4,8 @@ Runs in small batches, each its own transaction with its rows locked, so replica
 keep serving (a refresh holding a row's lock delays its batch, never corrupts it).
 Only values sealed under another key are rewritten, so an interrupted run resumes
 where it stopped when started again, and a finished run reports zero.
-Every replica must already hold the new primary key (first) and the old ones.
+Every replica must already hold the new primary key (first) and the old ones: the
+run refuses while a live replica's heartbeat (services/replicas.py) lacks it.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import TypeVar
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from token_broker.services.audit import Action, write_audit
+from token_broker.services.replicas import lacking_key, live_replicas
 from token_broker.store.database import Database
-from token_broker.store.models import Account, OAuthState
+from token_broker.store.models import Account, OAuthState, Replica
 from token_broker.store.repositories import AccountRepository, OAuthStateRepository
 from token_broker.store.sealing import Keyring, SecretColumn
 
@@ -36,21 +38,38 @@ class RotationReport:
         return sum(self.resealed.values())
 
 
+class ReplicasLackPrimaryKey(Exception):
+    """Live replicas that could not open values sealed under the new primary key."""
+
+    def __init__(self, primary: str, replicas: list[Replica]) -> None:
+        self.primary = primary
+        self.replicas = replicas
+        super().__init__(f"{len(replicas)} live replicas lack key {primary}")
+
+
 class KeyRotation:
     def __init__(self, database: Database, keyring: Keyring, *, batch_size: int = 200) -> None:
         self.database = database
         self.keyring = keyring
         self.batch_size = batch_size
 
-    async def run(self) -> RotationReport:
-        report = RotationReport(primary=self.keyring.primary_kid)
+    async def run(self, *, force: bool = False) -> RotationReport:
+        """Re-seal everything, after checking every live replica holds the primary key.
+
+        `force` rotates anyway; the audit row then names the replicas left behind.
+        """
+        primary = self.keyring.primary_kid
+        behind = lacking_key(await live_replicas(self.database), primary)
+        if behind and not force:
+            raise ReplicasLackPrimaryKey(primary, behind)
+        report = RotationReport(primary=primary)
         await self._accounts(report)
         await self._states(report)
+        detail: dict[str, object] = {"primary": primary, "resealed": dict(report.resealed)}
+        if behind:
+            detail["forced_past"] = [f"{replica.host}:{replica.pid}" for replica in behind]
         async with self.database.transaction() as session:
-            await write_audit(
-                session, Action.KEY_ROTATION, "ok",
-                detail={"primary": report.primary, "resealed": dict(report.resealed)},
-            )  # fmt: skip
+            await write_audit(session, Action.KEY_ROTATION, "ok", detail=detail)
         return report
 
     def _reseal(

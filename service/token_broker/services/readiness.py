@@ -1,9 +1,11 @@
-"""Readiness: can this replica serve? Database up, schema at head, keyring works, not draining."""
+"""Readiness: can this replica serve? Database up, schema at head, keyring works, the stored
+secrets it samples open with it, not draining."""
 
 from __future__ import annotations
 
 from token_broker.kit.drain import Drain
 from token_broker.services.gmail_quota import GmailQuota
+from token_broker.services.secret_sample import sample_secrets
 from token_broker.store.database import Database
 from token_broker.store.migrations import schema_revision
 from token_broker.store.sealing import Keyring, SecretColumn
@@ -40,6 +42,12 @@ class Readiness:
         except Exception as error:
             checks["database"] = f"unreachable ({type(error).__name__})"
             checks["schema"] = "unknown"
+        if checks["schema"] == "ok":
+            try:
+                sample = await sample_secrets(self.database, self.keyring)
+                checks["secrets"] = sample.problem() or "ok"
+            except Exception as error:
+                checks["secrets"] = f"not sampled ({type(error).__name__})"
         try:
             sealed = self.keyring.seal("probe", column=_PROBE, row="probe")
             self.keyring.open(sealed, column=_PROBE, row="probe")

@@ -32,7 +32,7 @@ import httpx
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from token_broker.kit.background import Background
-from token_broker.kit.clock import utcnow
+from token_broker.kit.clock import rfc3339, utcnow
 from token_broker.observability.metrics import Metrics
 from token_broker.settings import Settings
 from token_broker.store.database import Database
@@ -98,7 +98,7 @@ class Webhooks:
         payload: dict[str, Any] = {
             "id": event_id,
             "type": event_type,
-            "occurred_at": now.isoformat(),
+            "occurred_at": rfc3339(now),
             "account": {
                 "id": account.id,
                 "subject": account.subject,

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from token_broker.settings import Settings
+from token_broker.settings import Settings, env_name
 
 
 def is_postgres(target: str | Dialect) -> bool:
@@ -28,6 +28,27 @@ def is_postgres(target: str | Dialect) -> bool:
     if isinstance(target, Dialect):
         return target.name == "postgresql"
     return target.partition(":")[0].partition("+")[0] == "postgresql"
+
+
+def describe_database(settings: Settings) -> str:
+    """The database the settings name, as an operator should see it: no password, an
+    absolute path for SQLite, and whether it is only the default."""
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        url = url.set(database=str(Path(str(url.database)).resolve()))
+    text = url.render_as_string(hide_password=True)
+    if "database_url" not in settings.model_fields_set:
+        text += f" (the default: {env_name('database_url')} is not set)"
+    return text
+
+
+def missing_sqlite_file(database_url: str) -> Path | None:
+    """The SQLite file a URL names, when it does not exist (connecting would create it)."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    path = Path(str(url.database))
+    return None if path.exists() else path.resolve()
 
 
 def create_engine(

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -28,7 +27,12 @@ async def schema_revision(database: Database) -> str | None:
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+    # Read Alembic's table directly: a MigrationContext logs two INFO lines per call, and
+    # /readyz asks on every probe.
+    if not sa.inspect(connection).has_table("alembic_version"):
+        return None
+    revision = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    return str(revision) if revision is not None else None
 
 
 def alembic_config(url: str | None = None) -> Config:

@@ -159,6 +159,9 @@ class ApiClient(SQLModel, table=True):
     permissions: str = Field(sa_type=sa.Text)
     created_at: datetime = Field(sa_type=UTCDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # After `clients rotate` the key it replaced keeps working until this time.
+    previous_key_hash: str | None = Field(default=None, max_length=64, unique=True)
+    previous_key_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
     @property
     def permission_list(self) -> list[str]:
@@ -196,3 +199,26 @@ class WebhookDelivery(SQLModel, table=True):
     delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     failed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_error: str | None = Field(default=None, max_length=200)
+
+
+class Replica(SQLModel, table=True):
+    """A serving broker process and the encryption keys it holds: its heartbeat.
+
+    `keys rotate` reads these to refuse while a live replica cannot open what the new
+    primary key seals.
+    """
+
+    __tablename__ = "replicas"
+
+    id: str = Field(primary_key=True, max_length=36)
+    host: str = Field(max_length=255)
+    pid: int
+    version: str = Field(max_length=32)
+    key_ids: str = Field(sa_type=sa.Text)
+    primary_key_id: str = Field(max_length=40)
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    last_seen_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+    @property
+    def key_id_list(self) -> list[str]:
+        return self.key_ids.split()

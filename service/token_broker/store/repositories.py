@@ -18,6 +18,7 @@ from token_broker.store.models import (
     AuditEvent,
     Authorization,
     OAuthState,
+    Replica,
     WebhookDelivery,
     normalize_email,
 )
@@ -35,7 +36,15 @@ class ApiClientRepository:
         await self.session.flush()
 
     async def by_key_hash(self, key_hash: str) -> ApiClient | None:
-        result = await self.session.exec(select(ApiClient).where(ApiClient.key_hash == key_hash))
+        """The client whose current key, or key replaced by a rotation, has this hash."""
+        result = await self.session.exec(
+            select(ApiClient).where(
+                sa.or_(
+                    col(ApiClient.key_hash) == key_hash,
+                    col(ApiClient.previous_key_hash) == key_hash,
+                )
+            )
+        )
         return result.first()
 
     async def by_name(self, name: str) -> ApiClient | None:
@@ -46,9 +55,12 @@ class ApiClientRepository:
         result = await self.session.exec(select(ApiClient).order_by(col(ApiClient.created_at)))
         return result.all()
 
-    async def revoke(self, client: ApiClient, at: datetime) -> None:
-        client.revoked_at = at
+    async def save(self, client: ApiClient) -> None:
         self.session.add(client)
+        await self.session.flush()
+
+    async def delete(self, client: ApiClient) -> None:
+        await self.session.delete(client)
         await self.session.flush()
 
 
@@ -184,6 +196,12 @@ class AccountRepository:
     async def delete(self, account: Account) -> None:
         await self.session.delete(account)
         await self.session.flush()
+
+    async def first_by_id(self, limit: int) -> Sequence[Account]:
+        """The first accounts by id: a cheap sample (the primary key), and the rows a key
+        rotation re-seals first."""
+        result = await self.session.exec(select(Account).order_by(col(Account.id)).limit(limit))
+        return result.all()
 
 
 class OAuthStateRepository:
@@ -339,3 +357,31 @@ class WebhookRepository:
             .where(col(WebhookDelivery.id) == delivery_id)
             .values(**values)
         )
+
+
+class ReplicaRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, replica_id: str) -> Replica | None:
+        return await self.session.get(Replica, replica_id)
+
+    async def save(self, replica: Replica) -> None:
+        self.session.add(replica)
+        await self.session.flush()
+
+    async def seen_since(self, since: datetime) -> Sequence[Replica]:
+        result = await self.session.exec(
+            select(Replica)
+            .where(col(Replica.last_seen_at) >= since)
+            .order_by(col(Replica.host), col(Replica.pid))
+        )
+        return result.all()
+
+    async def delete(self, replica_id: str) -> None:
+        connection = await self.session.connection()
+        await connection.execute(sa.delete(Replica).where(col(Replica.id) == replica_id))
+
+    async def purge_unseen_since(self, before: datetime) -> None:
+        connection = await self.session.connection()
+        await connection.execute(sa.delete(Replica).where(col(Replica.last_seen_at) < before))

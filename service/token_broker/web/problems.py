@@ -25,6 +25,7 @@ from token_broker.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    UnsupportedMediaType,
     UriTooLong,
     ValidationFailed,
     problem_type,
@@ -87,8 +88,21 @@ async def _broker_error(_request: Request, error: Exception) -> JSONResponse:
     return problem_response(error)
 
 
-async def _request_validation_error(_request: Request, error: Exception) -> JSONResponse:
+def _body_sent_as_other_than_json(request: Request, error: RequestValidationError) -> bool:
+    """A JSON body refused because it came unlabelled or labelled as something else.
+
+    FastAPI reads a body as JSON only when it says so; curl's `-d` alone sends a form.
+    """
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return False
+    return any(tuple(item.get("loc", ()))[:1] == ("body",) for item in error.errors())
+
+
+async def _request_validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
+    if _body_sent_as_other_than_json(request, error):
+        return problem_response(UnsupportedMediaType())
     return problem_response(ValidationFailed(errors=_validation_errors(error)))
 
 

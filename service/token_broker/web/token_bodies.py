@@ -10,6 +10,7 @@ import json
 import math
 from collections import OrderedDict
 
+from token_broker.kit.clock import rfc3339
 from token_broker.services.token_cache import CachedToken
 
 DEFAULT_CAPACITY = 16_384
@@ -37,7 +38,7 @@ class TokenBodies:
             {
                 "access_token": token.access_token.get_secret_value(),
                 "token_type": "Bearer",
-                "expires_at": token.expires_at_datetime.isoformat(),
+                "expires_at": rfc3339(token.expires_at_datetime),
             }
         )
         tail = json.dumps({"scopes": list(token.scopes)})

@@ -4,10 +4,11 @@ callback, open a re-authorization link, exchange a code."""
 from __future__ import annotations
 
 import html
+from pathlib import Path as FilePath
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from token_broker.errors import (
     AccountMismatch,
@@ -24,6 +25,7 @@ from token_broker.errors import (
     ReturnToNotAllowed,
     ScopeNotAllowed,
     ScopeNotGranted,
+    UnsupportedMediaType,
     UpstreamError,
     UpstreamUnavailable,
     caller_problems,
@@ -49,6 +51,8 @@ router = APIRouter(tags=["oauth"])
 # The callback URL holds an authorization code: the answer must not be cached, and the
 # page must not hand its URL to anything it links to.
 CALLBACK_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+CALLBACK_PAGE_SCRIPT = FilePath(__file__).parents[1] / "static" / "callback-page.js"
+CALLBACK_PAGE_SCRIPT_PATH = "/v1/oauth/callback-page.js"
 
 
 @router.post(
@@ -57,7 +61,11 @@ CALLBACK_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer
     response_model=Authorization,
     summary="Start connecting a Google account",
     responses=problem_responses(
-        *caller_problems(), ReturnToNotAllowed, ScopeNotAllowed, PayloadTooLarge
+        *caller_problems(),
+        ReturnToNotAllowed,
+        ScopeNotAllowed,
+        PayloadTooLarge,
+        UnsupportedMediaType,
     ),
 )
 async def start_authorization(
@@ -192,6 +200,15 @@ async def open_reauthorization_link(
     return RedirectResponse(url, status_code=303, headers=CALLBACK_HEADERS)
 
 
+@router.get(CALLBACK_PAGE_SCRIPT_PATH, include_in_schema=False)
+async def callback_page_script() -> FileResponse:
+    return FileResponse(
+        CALLBACK_PAGE_SCRIPT,
+        media_type="text/javascript",
+        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
+
+
 @router.post(
     "/v1/oauth/exchange",
     response_model=Account,
@@ -199,6 +216,7 @@ async def open_reauthorization_link(
     responses=problem_responses(
         *caller_problems(),
         PayloadTooLarge,
+        UnsupportedMediaType,
         CodeExchangeFailed,
         ScopeNotGranted,
         NoRefreshToken,
@@ -240,7 +258,8 @@ def _page(title: str, text: str, status: int) -> HTMLResponse:
     return HTMLResponse(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
         f"<body style='font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto'>"
-        f"<h1>{title}</h1>{text}</body></html>",
+        f"<h1>{title}</h1>{text}<script src='{CALLBACK_PAGE_SCRIPT_PATH}'></script>"
+        "</body></html>",
         status_code=status,
         headers=CALLBACK_HEADERS,
     )
