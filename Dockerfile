@@ -5,6 +5,8 @@ ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PROJECT_ENVIRONMENT=/opt/venv
 RUN pip install --no-cache-dir uv
 WORKDIR /src
 COPY pyproject.toml uv.lock README.md ./
+# The lock names the client distribution (a dev dependency, not installed here) by path.
+COPY clients/python ./clients/python
 RUN uv sync --locked --no-dev --no-install-project
 COPY service ./service
 COPY alembic ./alembic
