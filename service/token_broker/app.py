@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from token_broker.kit.drain import Drain
 from token_broker.kit.rate_limit import RateLimiter
 from token_broker.observability.logs import configure_logging, install_request_id_on_records
 from token_broker.observability.metrics import Metrics
+from token_broker.observability.tracing import Tracing, TracingConfigurationError
 from token_broker.services.account_states import AccountStates
 from token_broker.services.accounts import AccountService
 from token_broker.services.api_keys import Authenticator
@@ -53,6 +55,7 @@ from token_broker.web.problems import (
 )
 from token_broker.web.request_context import RequestContextMiddleware
 from token_broker.web.request_limits import RequestLimits
+from token_broker.web.request_tracing import RequestTracing
 from token_broker.web.routers import accounts, health, messages, oauth, tokens
 from token_broker.web.routers import metrics as metrics_router
 from token_broker.web.token_bodies import TokenBodies
@@ -102,8 +105,17 @@ def build_http_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
-def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = None) -> FastAPI:
-    """The broker; `mounts` adds other ASGI apps under path prefixes (dev mode's sandbox)."""
+def create_app(
+    settings: Settings,
+    *,
+    mounts: Mapping[str, ASGIApp] | None = None,
+    tracing: Tracing | None = None,
+) -> FastAPI:
+    """The broker; `mounts` adds other ASGI apps under path prefixes (dev mode's sandbox).
+
+    `tracing` (from `tracing_from_environment`, or a test's exporter) turns on spans;
+    without it no tracing code runs at all.
+    """
     install_request_id_on_records()
     metrics = Metrics()
 
@@ -114,10 +126,14 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
             raise ConfigurationError(problems)
         keyring = keyring_from_settings(settings)
         async with AsyncExitStack() as stack:
+            tracer = None
+            if tracing is not None:
+                tracer = tracing.start()
+                stack.callback(tracing.shutdown)  # last out: spans of the shutdown included
             drain = Drain()
             drain.install()
             stack.callback(drain.uninstall)
-            database = Database.for_settings(settings)
+            database = Database.for_settings(settings, tracer=tracer)
             stack.push_async_callback(database.dispose)
             http = build_http_client(settings)
             stack.push_async_callback(http.aclose)
@@ -127,7 +143,7 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
             audit = AuditBuffer(database, on_drop=metrics.audit_dropped.inc)
             audit.start()
             stack.push_async_callback(audit.stop)
-            upstream = Upstream(http, observer=metrics.observe_upstream)
+            upstream = Upstream(http, observer=metrics.observe_upstream, tracer=tracer)
             oauth_client = OAuthClient(upstream, settings)
             changes = ChangeFeed()
             if database.is_postgres:
@@ -142,7 +158,7 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
                 ),
             )
             changes.subscribe(authenticator.on_change)
-            webhooks = Webhooks(database, http, settings, metrics)
+            webhooks = Webhooks(database, http, settings, metrics, tracer=tracer)
             webhooks.start()
             stack.push_async_callback(webhooks.stop)
             account_states = AccountStates(keyring, webhooks)
@@ -241,6 +257,9 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
         error_response=unexpected_error_response,
         on_response=metrics.observe_http,
     )
+    if tracing is not None:
+        # Outermost: the request's span is current for its access line and every log line.
+        app.add_middleware(RequestTracing, tracing=tracing)
     app.include_router(health.router)
     app.include_router(oauth.router)
     app.include_router(accounts.router)
@@ -267,8 +286,16 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
     return app
 
 
+def tracing_from_environment() -> Tracing | None:
+    """Tracing as the standard `OTEL_*` variables configure it (None: off)."""
+    try:
+        return Tracing.from_environment(os.environ)
+    except TracingConfigurationError as error:
+        raise ConfigurationError(error.problems) from None
+
+
 def create_app_from_environment() -> FastAPI:
     """Entry point for `uvicorn --factory` (one call per worker process)."""
     settings = load_settings()
     configure_logging(settings.log_level, settings.effective_log_format)
-    return create_app(settings)
+    return create_app(settings, tracing=tracing_from_environment())

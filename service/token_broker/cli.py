@@ -22,7 +22,7 @@ import typer
 import uvicorn
 from dotenv import dotenv_values
 
-from token_broker.app import build_http_client
+from token_broker.app import build_http_client, tracing_from_environment
 from token_broker.errors import BrokerError
 from token_broker.google.oauth import OAuthClient
 from token_broker.google.transport import Upstream
@@ -85,6 +85,10 @@ def serve(
     """Serve the broker's REST API."""
     settings = settings_or_exit()
     problems = settings.serving_problems()
+    try:
+        tracing_from_environment()
+    except ConfigurationError as error:
+        problems += error.problems
     if problems:
         raise fail(["configuration error:", *(f"  {p}" for p in problems)])
     if workers > 1 and not is_postgres(settings.database_url):
@@ -142,6 +146,7 @@ def dev(
         )
     configure_logging("INFO", "text")
     try:
+        tracing_from_environment()
         environment = prepare(data_dir, host, port, keep_database_url=force)
     except ConfigurationError as error:
         raise fail(["configuration error:", *(f"  {p}" for p in error.problems)]) from None
