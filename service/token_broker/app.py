@@ -48,6 +48,7 @@ from token_broker.store.database import Database
 from token_broker.store.migrations import head_revision
 from token_broker.store.sealing import Keyring, keyring_from_settings
 from token_broker.web.dependencies import WebState
+from token_broker.web.metrics_listener import MetricsListener
 from token_broker.web.problems import (
     install_problem_handlers,
     retag_problem_media_types,
@@ -229,6 +230,12 @@ def create_app(
                 token_bodies=TokenBodies(),
                 default_min_ttl=settings.default_min_ttl_seconds,
             )
+            if settings.metrics_enabled and settings.metrics_port is not None:
+                listener = MetricsListener(
+                    app.state.web, settings.metrics_host, settings.metrics_port
+                )
+                await listener.start()
+                stack.push_async_callback(listener.stop)
             # Everything built so far lives as long as the process: keep it out of the
             # cyclic collector's full passes, which otherwise stall the loop for tens
             # of milliseconds (they showed as the access-token p99).
@@ -265,7 +272,7 @@ def create_app(
     app.include_router(accounts.router)
     app.include_router(tokens.router)
     app.include_router(messages.router)
-    if settings.metrics_enabled:
+    if settings.metrics_enabled and settings.metrics_port is None:
         app.include_router(metrics_router.router)
     for prefix, mounted in (mounts or {}).items():
         app.mount(prefix, mounted)

@@ -89,6 +89,8 @@ def serve(
         tracing_from_environment()
     except ConfigurationError as error:
         problems += error.problems
+    if settings.metrics_port == port:
+        problems.append(f"{env_name('metrics_port')}: must differ from the API's --port {port}")
     if problems:
         raise fail(["configuration error:", *(f"  {p}" for p in problems)])
     if workers > 1 and not is_postgres(settings.database_url):
