@@ -14,12 +14,14 @@ RUN uv sync --locked --no-dev --no-editable
 
 # Run: the virtualenv only, as an unprivileged user.
 FROM python:3.11-slim
-RUN groupadd --system broker && useradd --system --gid broker --home-dir /app broker \
+# A fixed uid and gid (10001), so an orchestrator can check runAsNonRoot (Kubernetes does).
+RUN groupadd --system --gid 10001 broker \
+    && useradd --system --uid 10001 --gid broker --home-dir /app broker \
     && mkdir -p /app && chown broker:broker /app
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /app
-USER broker
+USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
