@@ -140,6 +140,17 @@ class ScopeNotAllowed(BrokerProblem):
     code = "scope_not_allowed"
 
 
+class UnknownLabel(BrokerProblem):
+    """A `label_ids` value is not a label of the mailbox; `label_id` names it."""
+
+    code = "unknown_label"
+
+    @property
+    def label_id(self) -> str | None:
+        value = self.problem.get("label_id")
+        return value if isinstance(value, str) else None
+
+
 class NotFound(BrokerProblem):
     code = "not_found"
 
