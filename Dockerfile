@@ -5,6 +5,8 @@ ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PROJECT_ENVIRONMENT=/opt/venv
 RUN pip install --no-cache-dir uv==0.13.9
 WORKDIR /src
 COPY pyproject.toml uv.lock README.md ./
+# The lock names the client distribution (a dev dependency, not installed here) by path.
+COPY clients/python ./clients/python
 RUN uv sync --locked --no-dev --no-install-project
 COPY service ./service
 COPY alembic ./alembic
@@ -12,7 +14,7 @@ RUN uv sync --locked --no-dev --no-editable
 
 # Run: the virtualenv only, as an unprivileged user.
 FROM python:3.11-slim
-# A numeric user, so orchestrators can check it is not root (runAsNonRoot).
+# A fixed uid and gid (10001), so an orchestrator can check runAsNonRoot (Kubernetes does).
 RUN groupadd --system --gid 10001 broker \
     && useradd --system --uid 10001 --gid broker --home-dir /app broker \
     && mkdir -p /app && chown broker:broker /app

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from token_broker.kit.drain import Drain
 from token_broker.kit.rate_limit import RateLimiter
 from token_broker.observability.logs import configure_logging, install_request_id_on_records
 from token_broker.observability.metrics import Metrics
+from token_broker.observability.tracing import Tracing, TracingConfigurationError
 from token_broker.services.account_states import AccountStates
 from token_broker.services.accounts import AccountService
 from token_broker.services.api_keys import Authenticator
@@ -53,6 +55,7 @@ from token_broker.store.migrations import head_revision
 from token_broker.store.redis_buckets import RedisBuckets, redis_client
 from token_broker.store.sealing import Keyring, keyring_from_settings
 from token_broker.web.dependencies import WebState
+from token_broker.web.metrics_listener import MetricsListener
 from token_broker.web.problems import (
     install_problem_handlers,
     retag_problem_media_types,
@@ -60,6 +63,7 @@ from token_broker.web.problems import (
 )
 from token_broker.web.request_context import RequestContextMiddleware
 from token_broker.web.request_limits import RequestLimits
+from token_broker.web.request_tracing import RequestTracing
 from token_broker.web.routers import accounts, health, message_details, messages, oauth, tokens
 from token_broker.web.routers import metrics as metrics_router
 from token_broker.web.token_bodies import TokenBodies
@@ -125,8 +129,17 @@ def refusal(problems: list[str]) -> ConfigurationError:
     return ConfigurationError(problems)
 
 
-def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = None) -> FastAPI:
-    """The broker; `mounts` adds other ASGI apps under path prefixes (dev mode's sandbox)."""
+def create_app(
+    settings: Settings,
+    *,
+    mounts: Mapping[str, ASGIApp] | None = None,
+    tracing: Tracing | None = None,
+) -> FastAPI:
+    """The broker; `mounts` adds other ASGI apps under path prefixes (dev mode's sandbox).
+
+    `tracing` (from `tracing_from_environment`, or a test's exporter) turns on spans;
+    without it no tracing code runs at all.
+    """
     install_request_id_on_records()
     metrics = Metrics()
 
@@ -140,10 +153,14 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
         except ConfigurationError as error:
             raise refusal(error.problems) from None
         async with AsyncExitStack() as stack:
+            tracer = None
+            if tracing is not None:
+                tracer = tracing.start()
+                stack.callback(tracing.shutdown)  # last out: spans of the shutdown included
             drain = Drain()
             drain.install()
             stack.callback(drain.uninstall)
-            database = Database.for_settings(settings)
+            database = Database.for_settings(settings, tracer=tracer)
             stack.push_async_callback(database.dispose)
             http = build_http_client(settings)
             stack.push_async_callback(http.aclose)
@@ -153,7 +170,7 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
             audit = AuditBuffer(database, on_drop=metrics.audit_dropped.inc)
             audit.start()
             stack.push_async_callback(audit.stop)
-            upstream = Upstream(http, observer=metrics.observe_upstream)
+            upstream = Upstream(http, observer=metrics.observe_upstream, tracer=tracer)
             try:
                 endpoints = await discover_endpoints(upstream, settings)
             except DiscoveryFailed as error:
@@ -177,7 +194,7 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
             heartbeat = Heartbeat(database, keyring)
             await heartbeat.start()
             stack.push_async_callback(heartbeat.stop)
-            webhooks = Webhooks(database, http, settings, metrics)
+            webhooks = Webhooks(database, http, settings, metrics, tracer=tracer)
             webhooks.start()
             stack.push_async_callback(webhooks.stop)
             account_states = AccountStates(keyring, webhooks)
@@ -279,6 +296,12 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
                 token_bodies=TokenBodies(),
                 default_min_ttl=settings.default_min_ttl_seconds,
             )
+            if settings.metrics_enabled and settings.metrics_port is not None:
+                listener = MetricsListener(
+                    app.state.web, settings.metrics_host, settings.metrics_port
+                )
+                await listener.start()
+                stack.push_async_callback(listener.stop)
             # Everything built so far lives as long as the process: keep it out of the
             # cyclic collector's full passes, which otherwise stall the loop for tens
             # of milliseconds (they showed as the access-token p99).
@@ -310,13 +333,16 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
         on_response=metrics.observe_http,
     )
     install_docs(app)
+    if tracing is not None:
+        # Outermost: the request's span is current for its access line and every log line.
+        app.add_middleware(RequestTracing, tracing=tracing)
     app.include_router(health.router)
     app.include_router(oauth.router)
     app.include_router(accounts.router)
     app.include_router(tokens.router)
     app.include_router(messages.router)
     app.include_router(message_details.router)
-    if settings.metrics_enabled:
+    if settings.metrics_enabled and settings.metrics_port is None:
         app.include_router(metrics_router.router)
     for prefix, mounted in (mounts or {}).items():
         app.mount(prefix, mounted)
@@ -337,8 +363,16 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
     return app
 
 
+def tracing_from_environment() -> Tracing | None:
+    """Tracing as the standard `OTEL_*` variables configure it (None: off)."""
+    try:
+        return Tracing.from_environment(os.environ)
+    except TracingConfigurationError as error:
+        raise ConfigurationError(error.problems) from None
+
+
 def create_app_from_environment() -> FastAPI:
     """Entry point for `uvicorn --factory` (one call per worker process)."""
     settings = load_settings()
     configure_logging(settings.log_level, settings.effective_log_format)
-    return create_app(settings)
+    return create_app(settings, tracing=tracing_from_environment())

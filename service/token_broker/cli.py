@@ -22,7 +22,7 @@ import typer
 import uvicorn
 from dotenv import dotenv_values
 
-from token_broker.app import build_http_client
+from token_broker.app import build_http_client, tracing_from_environment
 from token_broker.errors import BrokerError
 from token_broker.google.discovery import ONE_TRY, DiscoveryFailed, discover_endpoints
 from token_broker.google.probes import probe_upstreams
@@ -121,6 +121,12 @@ def serve(
             keyring_from_settings(settings)
         except ConfigurationError as error:
             problems += error.problems
+    try:
+        tracing_from_environment()
+    except ConfigurationError as error:
+        problems += error.problems
+    if settings.metrics_port == port:
+        problems.append(f"{env_name('metrics_port')}: must differ from the API's --port {port}")
     if problems:
         raise fail(["configuration error:", *(f"  {p}" for p in problems)])
     if workers > 1 and not is_postgres(settings.database_url):
@@ -207,6 +213,7 @@ def dev(
     with lock, listener:
         configure_logging("INFO", "text")
         try:
+            tracing_from_environment()
             environment = prepare(data_dir, host, port, keep_database_url=force)
         except ConfigurationError as error:
             raise fail(["configuration error:", *(f"  {p}" for p in error.problems)]) from None

@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING
 
 import uvicorn
 
-from token_broker.app import create_app
+from token_broker.app import create_app, tracing_from_environment
 from token_broker.kit.clock import utcnow
 from token_broker.services.api_keys import Permission
 from token_broker.services.clients import ClientService
@@ -212,7 +212,9 @@ def dev_app(environment: DevEnvironment) -> FastAPI:
     from google_sandbox import create_sandbox_app
 
     return create_app(
-        environment.settings, mounts={"/sandbox": create_sandbox_app(environment.sandbox)}
+        environment.settings,
+        mounts={"/sandbox": create_sandbox_app(environment.sandbox)},
+        tracing=tracing_from_environment(),
     )
 
 

@@ -151,6 +151,10 @@ class Settings(BaseSettings):
 
     # Operations
     metrics_enabled: bool = True
+    # Set: /metrics is served on this port only (not the API's), so a network policy can
+    # keep it to the monitoring network.
+    metrics_port: int | None = Field(default=None, ge=1, le=65_535)
+    metrics_host: str = Field(default="0.0.0.0", min_length=1, max_length=255)  # noqa: S104
     shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=600)
     keepalive_enabled: bool | None = None
     keepalive_after_days: int = Field(default=30, ge=1, le=180)

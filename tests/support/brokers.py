@@ -84,8 +84,8 @@ class Broker:
         return {"Authorization": f"Bearer {await self.api_key(*permissions)}"}
 
 
-async def start_broker(settings: Settings) -> tuple[Any, Any, httpx.AsyncClient]:
-    app = create_app(settings)
+async def start_broker(settings: Settings, **options: Any) -> tuple[Any, Any, httpx.AsyncClient]:
+    app = create_app(settings, **options)
     lifespan = app.router.lifespan_context(app)
     await lifespan.__aenter__()
     client = httpx.AsyncClient(
@@ -100,8 +100,8 @@ async def broker_factory(database_url: str) -> AsyncIterator[Callable[[Settings]
     # are emptied for the next test.
     running: list[tuple[Any, httpx.AsyncClient]] = []
 
-    async def make(settings: Settings) -> Broker:
-        app, lifespan, client = await start_broker(settings)
+    async def make(settings: Settings, **options: Any) -> Broker:
+        app, lifespan, client = await start_broker(settings, **options)
         running.append((lifespan, client))
         return Broker(app, client)
 

@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from opentelemetry.trace import SpanKind, Tracer
 
 from token_broker.kit.retry import TransientError
+from token_broker.observability.tracing import fail, span
 
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -56,33 +58,57 @@ def json_object(response: httpx.Response) -> dict[str, Any]:
 
 
 class Upstream:
-    """The shared httpx client plus the broker's rules for reading upstream failures."""
+    """The shared httpx client plus the broker's rules for reading upstream failures.
 
-    def __init__(self, http: httpx.AsyncClient, observer: UpstreamObserver | None = None) -> None:
+    With tracing on, each exchange is a client span named by method and endpoint
+    (`POST token`, `GET gmail.messages.list`): host, status and error class only,
+    never the URL (Gmail's carries the caller's search) or a body.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        observer: UpstreamObserver | None = None,
+        *,
+        tracer: Tracer | None = None,
+    ) -> None:
         self.http = http
         self.observer = observer
+        self.tracer = tracer
 
     async def send(self, endpoint: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        started = time.perf_counter()
-        outcome = "error"
-        try:
-            response = await self.http.request(method, url, **kwargs)
-            outcome = str(response.status_code)
-        except httpx.TimeoutException:
-            outcome = "timeout"
-            raise TransientError(f"{endpoint}: timeout", kind="timeout") from None
-        except httpx.TransportError as error:
-            outcome = "connection_error"
-            raise TransientError(
-                f"{endpoint}: {type(error).__name__}", kind="connection_error"
-            ) from None
-        finally:
-            if self.observer is not None:
-                self.observer(endpoint, outcome, time.perf_counter() - started)
-        if response.status_code in TRANSIENT_STATUSES:
-            raise TransientError(
-                f"{endpoint}: HTTP {response.status_code}",
-                kind="rate_limited" if response.status_code == 429 else "server_error",
-                retry_after=parse_retry_after(response.headers.get("retry-after")),
-            )
-        return response
+        with span(self.tracer, f"{method} {endpoint}", kind=SpanKind.CLIENT) as current:
+            if current is not None:
+                target = httpx.URL(url)
+                current.set_attributes({
+                    "http.request.method": method, "server.address": target.host,
+                    "server.port": target.port or (443 if target.scheme == "https" else 80),
+                    "token_broker.upstream.endpoint": endpoint,
+                })  # fmt: skip
+            started = time.perf_counter()
+            outcome = "error"
+            try:
+                response = await self.http.request(method, url, **kwargs)
+                outcome = str(response.status_code)
+            except httpx.TimeoutException:
+                outcome = "timeout"
+                raise TransientError(f"{endpoint}: timeout", kind="timeout") from None
+            except httpx.TransportError as error:
+                outcome = "connection_error"
+                raise TransientError(
+                    f"{endpoint}: {type(error).__name__}", kind="connection_error"
+                ) from None
+            finally:
+                if self.observer is not None:
+                    self.observer(endpoint, outcome, time.perf_counter() - started)
+            if current is not None:
+                current.set_attribute("http.response.status_code", response.status_code)
+            if response.status_code in TRANSIENT_STATUSES:
+                raise TransientError(
+                    f"{endpoint}: HTTP {response.status_code}",
+                    kind="rate_limited" if response.status_code == 429 else "server_error",
+                    retry_after=parse_retry_after(response.headers.get("retry-after")),
+                )
+            if current is not None and response.status_code >= 400:
+                fail(current, str(response.status_code))
+            return response

@@ -1,5 +1,5 @@
 """Logging: JSON in production, readable in dev, every record stamped with its request id
-and passed through secret redaction."""
+(and, when tracing is on, its trace and span ids) and passed through secret redaction."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sys
 import time
 import traceback
 from typing import Any
+
+from opentelemetry.trace import format_span_id, format_trace_id, get_current_span
 
 from token_broker.observability.request_ids import current_request_id
 
@@ -68,7 +70,11 @@ class ExplainedStartupFailures(logging.Filter):
 
 
 def install_request_id_on_records() -> None:
-    """Stamp every log record with the current request id, whoever handles it (idempotent)."""
+    """Stamp every log record with the current request id, whoever handles it (idempotent).
+
+    Inside a span (tracing on) the record also gets `trace_id` and `span_id`, so every
+    line of a request can be found from its trace and the other way round.
+    """
     previous = logging.getLogRecordFactory()
     if getattr(previous, "stamps_request_id", False):
         return
@@ -76,6 +82,10 @@ def install_request_id_on_records() -> None:
     def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
         record.request_id = current_request_id()
+        span = get_current_span().get_span_context()
+        if span.is_valid:
+            record.trace_id = format_trace_id(span.trace_id)
+            record.span_id = format_span_id(span.span_id)
         return record
 
     make_record.stamps_request_id = True  # type: ignore[attr-defined]
@@ -86,6 +96,8 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, No
     "message",
     "asctime",
     "request_id",
+    "trace_id",
+    "span_id",
     "taskName",
     "color_message",  # uvicorn's ANSI-coloured copy of the message
     "sanitized",
@@ -107,9 +119,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        request_id = getattr(record, "request_id", None)
-        if request_id:
-            entry["request_id"] = request_id
+        for key in ("request_id", "trace_id", "span_id"):
+            value = getattr(record, key, None)
+            if value:
+                entry[key] = value
         for key, value in vars(record).items():
             if key not in _RECORD_ATTRIBUTES:
                 entry[key] = value
@@ -127,8 +140,13 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extras = {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES}
         request_id = getattr(record, "request_id", None)
+        trace_id = getattr(record, "trace_id", None)
         context = "".join(f" {k}={v}" for k, v in extras.items() if k != "context")
-        record.context = (f" [{request_id}]" if request_id else "") + context
+        record.context = (
+            (f" [{request_id}]" if request_id else "")
+            + (f" trace_id={trace_id}" if trace_id else "")
+            + context
+        )
         return super().format(record)
 
 

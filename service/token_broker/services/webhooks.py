@@ -25,15 +25,19 @@ import json
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from datetime import timedelta
 from typing import Any, Literal
 
 import httpx
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, Tracer
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from token_broker.kit.background import Background
 from token_broker.kit.clock import rfc3339, utcnow
 from token_broker.observability.metrics import Metrics
+from token_broker.observability.tracing import fail, span
 from token_broker.settings import Settings
 from token_broker.store.database import Database
 from token_broker.store.models import Account, WebhookDelivery
@@ -44,6 +48,8 @@ log = logging.getLogger("token_broker.webhooks")
 SIGNATURE_HEADER = "Token-Broker-Signature"
 EventType = Literal["account.connected", "account.revoked", "account.reactivated"]
 LEASE = timedelta(seconds=60)
+# Trace contexts of queued events, for their delivery spans (bounded: oldest forgotten).
+MAX_REMEMBERED_ORIGINS = 10_000
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
@@ -66,7 +72,13 @@ def verify(secret: str, header: str, body: bytes, *, now: float, tolerance: int 
 
 class Webhooks:
     def __init__(
-        self, database: Database, http: httpx.AsyncClient, settings: Settings, metrics: Metrics
+        self,
+        database: Database,
+        http: httpx.AsyncClient,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        tracer: Tracer | None = None,
     ) -> None:
         self.database = database
         self.http = http
@@ -76,6 +88,8 @@ class Webhooks:
         self.metrics = metrics
         self._wake = asyncio.Event()
         self._dispatcher = Background("webhook-dispatcher")
+        self.tracer = tracer
+        self._origins: OrderedDict[str, dict[str, str]] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
@@ -110,6 +124,8 @@ class Webhooks:
         if event_type != "account.revoked":
             # The connect that caused it: null for a code exchange (POST /v1/oauth/exchange).
             payload["authorization"] = authorization_id
+        if self.tracer is not None:
+            self._remember_origin(event_id)
         await WebhookRepository(session).add(
             WebhookDelivery(
                 id=event_id,
@@ -122,6 +138,14 @@ class Webhooks:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _remember_origin(self, event_id: str) -> None:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        if carrier:
+            self._origins[event_id] = carrier
+            while len(self._origins) > MAX_REMEMBERED_ORIGINS:
+                self._origins.popitem(last=False)
 
     async def deliver_due(self) -> int:
         """Deliver (or reschedule) every due notification; returns how many were sent."""
@@ -162,13 +186,36 @@ class Webhooks:
             SIGNATURE_HEADER: signature(self.secret, int(time.time()), body),
             "Token-Broker-Event-Id": delivery.id,
         }
-        try:
-            response = await self.http.post(self.url, content=body, headers=headers, timeout=5.0)
-        except httpx.HTTPError as error:
-            return type(error).__name__
-        if 200 <= response.status_code < 300:
-            return None
-        return f"HTTP {response.status_code}"
+        origin = self._origins.pop(delivery.id, None)
+        with span(
+            self.tracer,
+            "POST webhook",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "http.request.method": "POST",
+                "server.address": httpx.URL(self.url).host,
+                "token_broker.webhook.event_type": delivery.event_type,
+                "token_broker.webhook.attempt": delivery.attempts,
+            },
+            parent=propagate.extract(origin) if origin else None,
+        ) as current:
+            if current is not None:
+                propagate.inject(headers)
+            try:
+                response = await self.http.post(
+                    self.url, content=body, headers=headers, timeout=5.0
+                )
+            except httpx.HTTPError as error:
+                if current is not None:
+                    fail(current, type(error).__name__)
+                return type(error).__name__
+            if current is not None:
+                current.set_attribute("http.response.status_code", response.status_code)
+            if 200 <= response.status_code < 300:
+                return None
+            if current is not None:
+                fail(current, str(response.status_code))
+            return f"HTTP {response.status_code}"
 
     def start(self) -> None:
         if self.enabled:

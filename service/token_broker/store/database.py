@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from opentelemetry.trace import Tracer
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from token_broker.observability.tracing import trace_statements
 from token_broker.settings import Settings, env_name
 
 
@@ -57,7 +59,15 @@ def create_engine(
     pool_size: int = 10,
     max_overflow: int = 10,
     pool_timeout: float = 5.0,
+    tracer: Tracer | None = None,
 ) -> AsyncEngine:
+    engine = _create_engine(url, pool_size, max_overflow, pool_timeout)
+    if tracer is not None:
+        trace_statements(engine.sync_engine, tracer, engine.dialect.name)
+    return engine
+
+
+def _create_engine(url: str, pool_size: int, max_overflow: int, pool_timeout: float) -> AsyncEngine:
     if not is_postgres(url):
         database = make_url(url).database
         if database and database != ":memory:":
@@ -100,13 +110,14 @@ class Database:
         self.sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> Database:
+    def for_settings(cls, settings: Settings, *, tracer: Tracer | None = None) -> Database:
         return cls(
             create_engine(
                 settings.database_url,
                 pool_size=settings.db_pool_size,
                 max_overflow=settings.db_max_overflow,
                 pool_timeout=settings.db_pool_timeout_seconds,
+                tracer=tracer,
             )
         )
 

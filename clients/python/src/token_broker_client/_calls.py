@@ -1,0 +1,131 @@
+"""Every broker endpoint the client uses, described once for both clients.
+
+A `Call` says what to send and how to read the answer; a `StreamCall` does the
+same for an NDJSON listing. `BrokerClient` and `SyncBrokerClient` only send them,
+so a new endpoint is a function here, its model, and one line in each client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+from token_broker_client._models import (
+    AccessToken,
+    Account,
+    AccountPage,
+    Authorization,
+    Deletion,
+    ListingSummary,
+    MessageList,
+    MessageRef,
+)
+
+T = TypeVar("T")
+Item = TypeVar("Item")
+Summary = TypeVar("Summary")
+Params = list[tuple[str, str]]
+
+NDJSON = "application/x-ndjson"
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    method: str
+    path: str
+    parse: Callable[[Any], T]
+    params: Params = field(default_factory=list)
+    json: dict[str, Any] | None = None
+    # Whether sending it twice does no more than sending it once (retries depend on it).
+    idempotent: bool = True
+
+
+@dataclass(frozen=True)
+class StreamCall(Generic[Item, Summary]):
+    """An NDJSON stream: item lines, then one final `{"status": ...}` line."""
+
+    path: str
+    item: Callable[[Any], Item]
+    summary: Callable[[Any], Summary]
+    params: Params = field(default_factory=list)
+
+
+def account_path(account: str) -> str:
+    """`/v1/accounts/<account>`: a subject id or an email address, escaped for a path."""
+    if not account:
+        raise ValueError("account must be a subject id or an email address")
+    return "/v1/accounts/" + quote(account, safe="@")
+
+
+def access_token(account: str, *, min_ttl: int, force_refresh: bool) -> Call[AccessToken]:
+    params = [("min_ttl", str(min_ttl))]
+    if force_refresh:
+        params.append(("force_refresh", "true"))
+    return Call("GET", account_path(account) + "/access-token", AccessToken.from_json, params)
+
+
+def message_params(
+    q: str | None, label_ids: Sequence[str], include_spam_trash: bool, limit: int | None
+) -> Params:
+    params: Params = []
+    if q is not None:
+        params.append(("q", q))
+    params.extend(("labelIds", label) for label in label_ids)
+    if include_spam_trash:
+        params.append(("includeSpamTrash", "true"))
+    if limit is not None:
+        params.append(("limit", str(limit)))
+    return params
+
+
+def list_messages(account: str, params: Params) -> Call[MessageList]:
+    return Call("GET", account_path(account) + "/messages", MessageList.from_json, params)
+
+
+def stream_messages(account: str, params: Params) -> StreamCall[MessageRef, ListingSummary]:
+    return StreamCall(
+        account_path(account) + "/messages", MessageRef.from_json, ListingSummary.from_json, params
+    )
+
+
+def get_account(account: str) -> Call[Account]:
+    return Call("GET", account_path(account), Account.from_json)
+
+
+def list_accounts(
+    *, email: str | None, status: str | None, cursor: str | None, limit: int | None
+) -> Call[AccountPage]:
+    given = {"email": email, "status": status, "cursor": cursor, "limit": limit}
+    params = [(name, str(value)) for name, value in given.items() if value is not None]
+    return Call("GET", "/v1/accounts", AccountPage.from_json, params)
+
+
+def delete_account(account: str) -> Call[Deletion]:
+    return Call("DELETE", account_path(account), Deletion.from_json)
+
+
+def start_authorization(
+    *, login_hint: str | None, scopes: Sequence[str] | None, return_to: str | None
+) -> Call[Authorization]:
+    body: dict[str, Any] = {}
+    if login_hint is not None:
+        body["login_hint"] = login_hint
+    if scopes is not None:
+        body["scopes"] = list(scopes)
+    if return_to is not None:
+        body["return_to"] = return_to
+    return Call("POST", "/v1/authorizations", Authorization.from_json, json=body, idempotent=False)
+
+
+def exchange_code(
+    code: str, *, redirect_uri: str | None, code_verifier: str | None
+) -> Call[Account]:
+    body: dict[str, Any] = {"code": code}
+    if redirect_uri is not None:
+        body["redirect_uri"] = redirect_uri
+    if code_verifier is not None:
+        body["code_verifier"] = code_verifier
+    # A code is good once: a retry after the broker may have used it would fail anyway.
+    return Call("POST", "/v1/oauth/exchange", Account.from_json, json=body, idempotent=False)
