@@ -33,6 +33,15 @@ class SandboxSettings(BaseModel):
     code_ttl: int | None = Field(default=None, ge=1)
 
 
+class SeedSpec(BaseModel):
+    client_id: str
+    emails: list[str] = Field(max_length=100_000)
+    scopes: str = Field(
+        default="openid email profile https://www.googleapis.com/auth/gmail.readonly",
+        description="Space-separated scopes each grant carries.",
+    )
+
+
 class UserSpec(BaseModel):
     email: str
     name: str | None = None
@@ -82,6 +91,19 @@ def control_router(state: SandboxState) -> APIRouter:
     async def add_user(spec: UserSpec) -> dict[str, Any]:
         user = state.add_user(spec.email, name=spec.name, mailbox_size=spec.mailbox_size)
         return {"email": user.email, "sub": user.sub, "mailbox_size": user.mailbox_size}
+
+    @router.post(
+        "/seed",
+        summary="Users with a live grant each, at once (benchmarks seed many accounts)",
+        description="Answers each user's subject and a new refresh and access token.",
+    )
+    async def seed(spec: SeedSpec) -> list[dict[str, Any]]:
+        seeded = state.seed(spec.emails, spec.client_id, set(spec.scopes.split()))
+        return [
+            {"email": user.email, "sub": user.sub, "refresh_token": refresh_token,
+             "access_token": access_token, "expires_in": lifetime}
+            for user, refresh_token, access_token, lifetime in seeded
+        ]  # fmt: skip
 
     @router.post("/users/{email}/revoke", summary="Revoke every grant of a user")
     async def revoke_user(email: str) -> dict[str, int]:

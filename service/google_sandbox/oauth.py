@@ -297,9 +297,7 @@ def oauth_router(state: SandboxState) -> APIRouter:
             return oauth_error(401, "unauthorized_client", "Unauthorized")
         refresh_token = None
         if state.rotate_refresh_tokens:
-            grant.refresh_tokens.discard(presented)
-            grant.rotated_refresh_tokens.add(presented)
-            refresh_token = state.issue_refresh_token(grant)  # saves the rotation too
+            refresh_token = state.rotate_refresh_token(grant, presented)
         return _token_answer(request, grant, client_id, refresh_token)
 
     def _token_answer(

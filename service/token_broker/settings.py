@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     refresh_budget_seconds: float = Field(default=8.0, gt=0, le=120)
     refresh_cooldown_seconds: float = Field(default=5.0, ge=0, le=600)
     lock_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    refresh_lease_seconds: float = Field(default=15.0, ge=5, le=600)
+    refresh_concurrency: int = Field(default=32, ge=1, le=1000)
 
     # Gmail
     gmail_attempts: int = Field(default=5, ge=1, le=20)
@@ -188,6 +190,18 @@ class Settings(BaseSettings):
         if value is not None and not _is_http_url(value):
             raise ValueError("expected an absolute http(s) URL")
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_the_refresh(self) -> Settings:
+        # A replica cuts its refresh short before its lease runs out (LEASE_MARGIN_SECONDS
+        # in services/refresh_leases.py), so two replicas never present one refresh token
+        # at once; the retry budget must fit inside that.
+        if self.refresh_lease_seconds < self.refresh_budget_seconds + 2:
+            raise ValueError(
+                f"{env_name('refresh_lease_seconds')}: must be at least "
+                f"{env_name('refresh_budget_seconds')} + 2 ({self.refresh_budget_seconds + 2:g})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _webhook_needs_a_secret(self) -> Settings:

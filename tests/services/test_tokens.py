@@ -251,7 +251,12 @@ async def test_transient_failures_are_bounded_then_503(
     broker_factory, settings_factory, upstream: respx.MockRouter, failure: Any
 ) -> None:
     broker = await broker_factory(
-        settings_factory(refresh_attempts=3, refresh_budget_seconds=30, refresh_cooldown_seconds=60)
+        settings_factory(
+            refresh_attempts=3,
+            refresh_budget_seconds=30,
+            refresh_lease_seconds=40,
+            refresh_cooldown_seconds=60,
+        )
     )
     waits: list[float] = []
 

@@ -11,7 +11,20 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from token_broker.store.database import is_postgres
-from token_broker.store.models import Account, ApiClient, AuditEvent, OAuthState, WebhookDelivery
+from token_broker.store.models import (
+    Account,
+    ApiClient,
+    AuditEvent,
+    OAuthState,
+    UTCDateTime,
+    WebhookDelivery,
+)
+
+
+def database_now() -> sa.ColumnElement[datetime]:
+    """The database's clock (transaction time on Postgres): leases shared by replicas are
+    compared against this one clock, never against each replica's own."""
+    return sa.type_coerce(sa.func.now(), UTCDateTime())
 
 
 class ApiClientRepository:
@@ -62,17 +75,25 @@ class AccountRepository:
         result = await self.session.exec(statement.execution_options(populate_existing=True))
         return result.first()
 
-    async def get_locked(self, account_id: str, *, wait_seconds: float) -> Account | None:
-        """The account with its row locked, waiting at most `wait_seconds` for another holder.
+    async def with_clock(
+        self, account_id: str, *, lock_wait_seconds: float | None = None
+    ) -> tuple[Account, datetime] | None:
+        """The account and the database's clock; with `lock_wait_seconds`, the row locked.
 
-        Past the wait Postgres raises a lock timeout, which callers see as a database
-        outage to retry (503), not a hang.
+        Waiting longer than `lock_wait_seconds` for another holder of the row lock raises
+        Postgres's lock timeout, which callers see as a database outage to retry (503),
+        never a hang. SQLite ignores FOR UPDATE (one writer at a time anyway).
         """
-        connection = await self.session.connection()
-        if is_postgres(connection.dialect):
-            timeout_ms = max(1, int(wait_seconds * 1000))
-            await connection.execute(sa.text(f"SET LOCAL lock_timeout = {timeout_ms}"))
-        return await self.get(account_id, for_update=True)
+        statement = select(Account, database_now()).where(Account.id == account_id)
+        if lock_wait_seconds is not None:
+            connection = await self.session.connection()
+            if is_postgres(connection.dialect):
+                timeout_ms = max(1, int(lock_wait_seconds * 1000))
+                await connection.execute(sa.text(f"SET LOCAL lock_timeout = {timeout_ms}"))
+            statement = statement.with_for_update()
+        result = await self.session.exec(statement.execution_options(populate_existing=True))
+        row = result.first()
+        return None if row is None else (row[0], row[1])
 
     async def by_subject(self, provider: str, subject: str) -> Account | None:
         result = await self.session.exec(
