@@ -133,12 +133,10 @@ class AccountRepository:
         if status is not None:
             statement = statement.where(Account.status == status)
         if after is not None:
-            created_at, account_id = after
+            # A row comparison, which both databases answer from the (created_at, id)
+            # index: every page costs the same, however deep into the walk.
             statement = statement.where(
-                sa.or_(
-                    col(Account.created_at) > created_at,
-                    sa.and_(col(Account.created_at) == created_at, col(Account.id) > account_id),
-                )
+                sa.tuple_(col(Account.created_at), col(Account.id)) > sa.tuple_(*after)
             )
         statement = statement.order_by(col(Account.created_at), col(Account.id)).limit(limit)
         return (await self.session.exec(statement)).all()
@@ -164,17 +162,35 @@ class AccountRepository:
         )
         return {status: int(count) for status, count in result.all()}
 
-    async def batch_after(self, account_id: str, limit: int) -> Sequence[Account]:
-        """The next `limit` accounts by id, locked for update (key rotation)."""
-        result = await self.session.exec(
-            select(Account)
+    async def sealed_after(
+        self, account_id: str, limit: int
+    ) -> Sequence[sa.Row[str, str | None, str | None]]:
+        """The next `limit` accounts' (id, refresh_token, access_token) by id, locked for
+        update (key rotation)."""
+        connection = await self.session.connection()
+        result = await connection.execute(
+            sa.select(col(Account.id), col(Account.refresh_token), col(Account.access_token))
             .where(col(Account.id) > account_id)
             .order_by(col(Account.id))
             .limit(limit)
             .with_for_update()
-            .execution_options(populate_existing=True)
         )
         return result.all()
+
+    async def store_sealed(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Write re-sealed secrets, `{"row", "sealed_refresh", "sealed_access"}` each, in
+        one statement executed for all of them."""
+        if rows:
+            connection = await self.session.connection()
+            await connection.execute(
+                sa.update(Account)
+                .where(col(Account.id) == sa.bindparam("row"))
+                .values(
+                    refresh_token=sa.bindparam("sealed_refresh"),
+                    access_token=sa.bindparam("sealed_access"),
+                ),
+                list(rows),
+            )
 
     async def delete(self, account: Account) -> None:
         await self.session.delete(account)
@@ -209,9 +225,11 @@ class OAuthStateRepository:
         row = (await connection.execute(statement)).mappings().first()
         return OAuthState.model_validate(dict(row)) if row is not None else None
 
-    async def batch_after(self, state_hash: str, limit: int) -> Sequence[OAuthState]:
-        result = await self.session.exec(
-            select(OAuthState)
+    async def sealed_after(self, state_hash: str, limit: int) -> Sequence[sa.Row[str, str]]:
+        """The next `limit` states' (state_hash, code_verifier), locked (key rotation)."""
+        connection = await self.session.connection()
+        result = await connection.execute(
+            sa.select(col(OAuthState.state_hash), col(OAuthState.code_verifier))
             .where(col(OAuthState.state_hash) > state_hash)
             .order_by(col(OAuthState.state_hash))
             .limit(limit)
@@ -219,9 +237,16 @@ class OAuthStateRepository:
         )
         return result.all()
 
-    async def save(self, state: OAuthState) -> None:
-        self.session.add(state)
-        await self.session.flush()
+    async def store_sealed(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Write re-sealed verifiers, `{"row", "sealed_verifier"}` each, in one statement."""
+        if rows:
+            connection = await self.session.connection()
+            await connection.execute(
+                sa.update(OAuthState)
+                .where(col(OAuthState.state_hash) == sa.bindparam("row"))
+                .values(code_verifier=sa.bindparam("sealed_verifier")),
+                list(rows),
+            )
 
     async def purge_expired(self, before: datetime) -> int:
         connection = await self.session.connection()
