@@ -124,7 +124,11 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
             # httpcore loads anyio's asyncio backend on its first request: do it now,
             # not while the first refresh (and everyone waiting on it) stands still.
             anyio.Event()
-            audit = AuditBuffer(database, on_drop=metrics.audit_dropped.inc)
+            audit = AuditBuffer(
+                database,
+                window_seconds=settings.token_audit_window_seconds,
+                on_drop=metrics.audit_dropped.inc,
+            )
             audit.start()
             stack.push_async_callback(audit.stop)
             upstream = Upstream(http, observer=metrics.observe_upstream)

@@ -112,6 +112,7 @@ class Settings(BaseSettings):
     lock_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
     refresh_lease_seconds: float = Field(default=15.0, ge=5, le=600)
     refresh_concurrency: int = Field(default=32, ge=1, le=1000)
+    token_audit_window_seconds: int = Field(default=3600, ge=1, le=86_400)
 
     # Gmail
     gmail_attempts: int = Field(default=5, ge=1, le=20)
