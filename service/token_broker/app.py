@@ -28,6 +28,7 @@ from token_broker.kit.drain import Drain
 from token_broker.kit.rate_limit import RateLimiter
 from token_broker.observability.logs import configure_logging, install_request_id_on_records
 from token_broker.observability.metrics import Metrics
+from token_broker.services.account_gauges import AccountGauges
 from token_broker.services.account_states import AccountStates
 from token_broker.services.accounts import AccountService
 from token_broker.services.api_keys import Authenticator
@@ -85,6 +86,7 @@ class Components:
     tokens: TokenService
     listing: ListingService
     keepalive: KeepAlive
+    account_gauges: AccountGauges
 
 
 def build_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -190,6 +192,15 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
                 metrics=metrics,
                 drain=drain,
             )
+            accounts = AccountService(
+                database, account_states=account_states, oauth=oauth_client, changes=changes
+            )
+            account_gauges = AccountGauges(
+                accounts, metrics, interval=settings.metrics_accounts_interval_seconds
+            )
+            if settings.metrics_enabled:
+                account_gauges.start()
+                stack.push_async_callback(account_gauges.stop)
             app.state.broker = Components(
                 settings=settings,
                 database=database,
@@ -200,14 +211,13 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
                 tokens=tokens,
                 listing=listing,
                 keepalive=keepalive,
+                account_gauges=account_gauges,
             )
             app.state.web = WebState(
                 authenticator=authenticator,
                 authorizations=authorizations,
                 connect=connect,
-                accounts=AccountService(
-                    database, account_states=account_states, oauth=oauth_client, changes=changes
-                ),
+                accounts=accounts,
                 tokens=tokens,
                 listing=listing,
                 readiness=Readiness(

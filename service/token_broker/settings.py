@@ -128,6 +128,7 @@ class Settings(BaseSettings):
 
     # Operations
     metrics_enabled: bool = True
+    metrics_accounts_interval_seconds: float = Field(default=30.0, ge=1, le=3600)
     shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=600)
     keepalive_enabled: bool | None = None
     keepalive_after_days: int = Field(default=30, ge=1, le=180)
