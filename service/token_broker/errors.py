@@ -86,6 +86,16 @@ class InvalidCursor(BrokerError):
     default_detail = "cursor is not one this API returned; start again without it."
 
 
+class ListingTooLarge(BrokerError):
+    status = 400
+    code = "listing_too_large"
+    title = "Listing too large for one JSON document"
+    default_detail = (
+        "More messages match than a JSON answer holds (max_messages); ask for "
+        "`Accept: application/x-ndjson`, which streams any number, or pass a smaller limit."
+    )
+
+
 class ReturnToNotAllowed(BrokerError):
     status = 400
     code = "return_to_not_allowed"

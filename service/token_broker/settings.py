@@ -118,6 +118,7 @@ class Settings(BaseSettings):
     gmail_attempts: int = Field(default=5, ge=1, le=20)
     gmail_budget_seconds: float = Field(default=30.0, gt=0, le=600)
     gmail_backoff_seconds: float = Field(default=1.0, gt=0, le=30)
+    json_listing_max_messages: int = Field(default=200_000, ge=1, le=10_000_000)
 
     # Callers
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
