@@ -274,3 +274,21 @@ async def test_a_refresh_that_would_outlast_its_lease_stops_before_it_runs_out(
     assert utcnow() < lease_until[0]  # given up while the lease was still ours
     after = await stored(broker, seed.subject)
     assert after.refresh_lease_id is None  # released, into a cool-down
+
+
+async def test_the_keepalive_sweep_refreshes_with_half_the_slots(
+    broker_factory: Any, settings_factory: Any, database_url: str, upstream: respx.MockRouter
+) -> None:
+    broker = await broker_factory(settings_factory(refresh_concurrency=8))
+    accounts = seeds(12)
+    await insert_accounts(database_url, accounts)
+    async with broker.state.database.transaction() as session:
+        for account in (await session.exec(select(Account))).all():
+            account.last_refreshed_at = utcnow() - timedelta(days=40)
+            session.add(account)
+    endpoint = TokenEndpoint(upstream, delay=0.05)
+
+    report = await broker.state.keepalive.sweep()
+    assert dict(report.outcomes) == {"refreshed": 12}
+    assert endpoint.calls == Counter({seed.refresh_token: 1 for seed in accounts})
+    assert endpoint.most_in_flight == 4
