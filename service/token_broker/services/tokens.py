@@ -129,6 +129,9 @@ class TokenService:
         self._loads: SingleFlight[str, tuple[str, CachedToken | None]] = SingleFlight(
             "account-load"
         )
+        # Cold loads of many accounts at once (a storm after a restart) queue here, using
+        # at most the pool's steady connections, instead of timing out in the pool's queue.
+        self._loading = asyncio.Semaphore(settings.db_pool_size)
         self._cooldown_until: dict[str, float] = {}
         self._revoked: dict[str, str | None] = {}  # account id -> email, for the reauth URL
         self.leases = RefreshLeases(
@@ -259,7 +262,7 @@ class TokenService:
         return await self._loads.run(reference, lambda: self._read_account(reference))
 
     async def _read_account(self, reference: str) -> tuple[str, CachedToken | None]:
-        async with self.database.transaction() as session:
+        async with self._loading, self.database.transaction() as session:
             account = await AccountRepository(session).resolve(PROVIDER, reference)
         if account is None:
             raise AccountNotFound()
