@@ -110,13 +110,11 @@ class RefreshLeases:
         *,
         lease_seconds: float,
         cooldown_seconds: float,
-        lock_wait_seconds: float,
         concurrency: int,
     ) -> None:
         self.database = database
         self.lease_seconds = lease_seconds
         self.cooldown_seconds = cooldown_seconds
-        self.lock_wait_seconds = lock_wait_seconds
         self.slots = asyncio.Semaphore(concurrency)
         self._watchers: dict[str, set[asyncio.Event]] = {}
         changes.subscribe(self._on_change)
@@ -161,9 +159,7 @@ class RefreshLeases:
     async def settle(self, session: AsyncSession, account_id: str, lease: Lease) -> Account | None:
         """In the caller's transaction: the account, locked, with the lease cleared (and the
         release announced at commit); None if the lease is no longer this one."""
-        found = await AccountRepository(session).with_clock(
-            account_id, lock_wait_seconds=self.lock_wait_seconds
-        )
+        found = await AccountRepository(session).with_clock(account_id, lock=True)
         if found is None:
             raise AccountNotFound()
         account, _ = found
@@ -194,7 +190,7 @@ class RefreshLeases:
     ) -> Judged[T] | Lease:
         async with self.database.transaction() as session:
             accounts = AccountRepository(session)
-            found = await accounts.with_clock(account_id, lock_wait_seconds=self.lock_wait_seconds)
+            found = await accounts.with_clock(account_id, lock=True)
             if found is None:
                 raise AccountNotFound()
             account, now = found
@@ -228,9 +224,7 @@ class RefreshLeases:
         try:
             async with self.database.transaction() as session:
                 accounts = AccountRepository(session)
-                found = await accounts.with_clock(
-                    account_id, lock_wait_seconds=self.lock_wait_seconds
-                )
+                found = await accounts.with_clock(account_id, lock=True)
                 if found is None or found[0].refresh_lease_id != lease.id:
                     return
                 account, now = found

@@ -139,7 +139,6 @@ class TokenService:
             changes,
             lease_seconds=settings.refresh_lease_seconds,
             cooldown_seconds=settings.refresh_cooldown_seconds,
-            lock_wait_seconds=settings.lock_timeout_seconds,
             concurrency=settings.refresh_concurrency,
         )
         changes.subscribe(self._on_change)

@@ -20,11 +20,9 @@ from token_broker.store.models import (
     WebhookDelivery,
 )
 
-
-def database_now() -> sa.ColumnElement[datetime]:
-    """The database's clock (transaction time on Postgres): leases shared by replicas are
-    compared against this one clock, never against each replica's own."""
-    return sa.type_coerce(sa.func.now(), UTCDateTime())
+# The database's clock (transaction time on Postgres): leases shared by replicas are
+# compared against this one clock, never against each replica's own.
+DATABASE_NOW = sa.type_coerce(sa.func.now(), UTCDateTime())
 
 
 class ApiClientRepository:
@@ -76,20 +74,17 @@ class AccountRepository:
         return result.first()
 
     async def with_clock(
-        self, account_id: str, *, lock_wait_seconds: float | None = None
+        self, account_id: str, *, lock: bool = False
     ) -> tuple[Account, datetime] | None:
-        """The account and the database's clock; with `lock_wait_seconds`, the row locked.
+        """The account and the database's clock; with `lock`, the row locked for update.
 
-        Waiting longer than `lock_wait_seconds` for another holder of the row lock raises
-        Postgres's lock timeout, which callers see as a database outage to retry (503),
-        never a hang. SQLite ignores FOR UPDATE (one writer at a time anyway).
+        A wait for another holder of the lock is bounded by the connection's lock timeout
+        (TOKEN_BROKER_LOCK_TIMEOUT_SECONDS, `store/database.py`): past it callers see a
+        database outage to retry (503), never a hang. SQLite ignores FOR UPDATE (one
+        writer at a time anyway).
         """
-        statement = select(Account, database_now()).where(Account.id == account_id)
-        if lock_wait_seconds is not None:
-            connection = await self.session.connection()
-            if is_postgres(connection.dialect):
-                timeout_ms = max(1, int(lock_wait_seconds * 1000))
-                await connection.execute(sa.text(f"SET LOCAL lock_timeout = {timeout_ms}"))
+        statement = select(Account, DATABASE_NOW).where(Account.id == account_id)
+        if lock:
             statement = statement.with_for_update()
         result = await self.session.exec(statement.execution_options(populate_existing=True))
         row = result.first()
