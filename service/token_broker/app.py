@@ -224,7 +224,7 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
                     database=database, keyring=keyring, drain=drain, head_revision=head_revision()
                 ),
                 metrics=metrics,
-                token_bodies=TokenBodies(),
+                token_bodies=TokenBodies(settings.token_cache_size),
                 default_min_ttl=settings.default_min_ttl_seconds,
             )
             # Everything built so far lives as long as the process: keep it out of the

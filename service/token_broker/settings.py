@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     # Access tokens
     default_min_ttl_seconds: int = Field(default=300, ge=0, le=3300)
     default_token_lifetime_seconds: int = Field(default=600, ge=60, le=3600)
-    token_cache_size: int = Field(default=10_000, ge=1, le=10_000_000)
+    token_cache_size: int = Field(default=100_000, ge=1, le=10_000_000)
     refresh_attempts: int = Field(default=3, ge=1, le=10)
     refresh_budget_seconds: float = Field(default=8.0, gt=0, le=120)
     refresh_cooldown_seconds: float = Field(default=5.0, ge=0, le=600)
