@@ -274,6 +274,7 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     non_2xx: int
+    requests: int = 0
 
 
 def _millis(text: str) -> float:
@@ -284,8 +285,17 @@ def _millis(text: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
-def wrk(url: str, *, connections: int, seconds: int, headers: dict[str, str]) -> WrkResult:
+def wrk(
+    url: str,
+    *,
+    connections: int,
+    seconds: int,
+    headers: dict[str, str],
+    script: Path | None = None,
+) -> WrkResult:
     command = [ensure_wrk(), "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if script is not None:
+        command += ["-s", str(script)]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     output = subprocess.run(
@@ -296,7 +306,9 @@ def wrk(url: str, *, connections: int, seconds: int, headers: dict[str, str]) ->
     p50 = _millis(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
     p99 = _millis(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    return WrkResult(rps, p50, p99, int(bad.group(1)) if bad else 0)
+    total = re.search(r"(\d+) requests in", output)
+    requests = int(total.group(1)) if total else 0
+    return WrkResult(rps, p50, p99, int(bad.group(1)) if bad else 0, requests)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
