@@ -179,7 +179,7 @@ class RefreshLeases:
     async def _peek(
         self, account_id: str, settled: Callable[[Account], T | None]
     ) -> Judged[T] | None:
-        async with self.database.transaction() as session:
+        async with self.database.reading() as session:
             found = await AccountRepository(session).with_clock(account_id)
         if found is None:
             raise AccountNotFound()

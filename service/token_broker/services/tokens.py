@@ -262,7 +262,7 @@ class TokenService:
         return await self._loads.run(reference, lambda: self._read_account(reference))
 
     async def _read_account(self, reference: str) -> tuple[str, CachedToken | None]:
-        async with self._loading, self.database.transaction() as session:
+        async with self._loading, self.database.reading() as session:
             account = await AccountRepository(session).resolve(PROVIDER, reference)
         if account is None:
             raise AccountNotFound()
