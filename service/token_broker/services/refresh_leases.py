@@ -202,10 +202,10 @@ class RefreshLeases:
                     "taking over an expired refresh lease (its holder stopped)",
                     extra={"account_id": account_id},
                 )
-            account.refresh_lease_id = str(uuid.uuid4())
-            account.refresh_lease_until = now + timedelta(seconds=self.lease_seconds)
-            await accounts.save(account)
-        return Lease(account.refresh_lease_id, account, time.monotonic(), self.lease_seconds)
+            lease_id = str(uuid.uuid4())
+            until = now + timedelta(seconds=self.lease_seconds)
+            await accounts.set_lease(account, lease_id, until)
+        return Lease(lease_id, account, time.monotonic(), self.lease_seconds)
 
     async def _hold(self, lease: Lease, refresh: Callable[[Lease], Awaitable[T]]) -> T:
         try:

@@ -90,6 +90,17 @@ class AccountRepository:
         row = result.first()
         return None if row is None else (row[0], row[1])
 
+    async def set_lease(self, account: Account, lease_id: str, until: datetime) -> None:
+        """Give `account` (read by this session) a refresh lease: one UPDATE, no flush."""
+        self.session.expunge(account)
+        account.refresh_lease_id, account.refresh_lease_until = lease_id, until
+        connection = await self.session.connection()
+        await connection.execute(
+            sa.update(Account)
+            .where(col(Account.id) == account.id)
+            .values(refresh_lease_id=lease_id, refresh_lease_until=until)
+        )
+
     async def by_subject(self, provider: str, subject: str) -> Account | None:
         result = await self.session.exec(
             select(Account).where(Account.provider == provider, Account.subject == subject)
