@@ -126,7 +126,7 @@ async def test_a_storm_larger_than_the_pool_queues_for_bounded_refreshes(
     )
     accounts = seeds(30)
     await insert_accounts(database_url, accounts, expires_in=EXPIRED)
-    endpoint = TokenEndpoint(upstream, delay=0.05)
+    endpoint = TokenEndpoint(upstream, delay=0.2)  # long enough for the slots to fill
     headers = await broker.headers(Permission.TOKENS_READ)
 
     responses = await asyncio.gather(
@@ -286,7 +286,7 @@ async def test_the_keepalive_sweep_refreshes_with_half_the_slots(
         for account in (await session.exec(select(Account))).all():
             account.last_refreshed_at = utcnow() - timedelta(days=40)
             session.add(account)
-    endpoint = TokenEndpoint(upstream, delay=0.05)
+    endpoint = TokenEndpoint(upstream, delay=0.2)  # long enough for the slots to fill
 
     report = await broker.state.keepalive.sweep()
     assert dict(report.outcomes) == {"refreshed": 12}
