@@ -5,7 +5,7 @@ A 401 refreshes the token once and retries that page; rate limits, 5xx and timeo
 back off exponentially with jitter, honouring Retry-After, within a per-page budget.
 
 A JSON answer must be complete before it is sent, so it is held: each page encoded
-as it arrives (about 45 bytes a message, not the 450 of its dicts), and at most
+as it arrives (about 50 bytes a message, not the 450 of its dicts), and at most
 TOKEN_BROKER_JSON_LISTING_MAX_MESSAGES of them (`listing_too_large` past that points
 to NDJSON, which streams any number in flat memory).
 """
