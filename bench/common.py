@@ -24,6 +24,7 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from bench.seed import Seeded, seed
 from google_sandbox.browser import consent
 from token_broker.store.sealing import Keyring
 
@@ -187,6 +188,15 @@ class System:
         response.raise_for_status()
         return response
 
+    def seed(self, count: int, *, expires_in: int = 3600, start: int = 0) -> list[Seeded]:
+        """`count` valid accounts (`bench.seed`): live grants here, sealed rows there."""
+        return asyncio.run(
+            seed(
+                self.database_url, self.sandbox_url, CLIENT_ID, count, Keyring.parse(self.keys),
+                expires_in=expires_in, start=start,
+            )
+        )  # fmt: skip
+
     def api_key(self, name: str) -> str:
         result = subprocess.run(
             [sys.executable, "-m", "token_broker", "clients", "create", name,
@@ -264,6 +274,7 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     non_2xx: int
+    requests: int = 0
 
 
 def _millis(text: str) -> float:
@@ -274,8 +285,17 @@ def _millis(text: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
-def wrk(url: str, *, connections: int, seconds: int, headers: dict[str, str]) -> WrkResult:
+def wrk(
+    url: str,
+    *,
+    connections: int,
+    seconds: int,
+    headers: dict[str, str],
+    script: Path | None = None,
+) -> WrkResult:
     command = [ensure_wrk(), "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if script is not None:
+        command += ["-s", str(script)]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     output = subprocess.run(
@@ -286,7 +306,9 @@ def wrk(url: str, *, connections: int, seconds: int, headers: dict[str, str]) ->
     p50 = _millis(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
     p99 = _millis(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    return WrkResult(rps, p50, p99, int(bad.group(1)) if bad else 0)
+    total = re.search(r"(\d+) requests in", output)
+    requests = int(total.group(1)) if total else 0
+    return WrkResult(rps, p50, p99, int(bad.group(1)) if bad else 0, requests)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -339,3 +361,62 @@ async def storm(
         return elapsed
 
     return await asyncio.gather(*(answered(r, w) for r, w in connections))
+
+
+@dataclass
+class Answered:
+    status: int
+    seconds: float  # from the storm's start to this answer
+    latency: float  # from this request's sending to its answer
+
+
+async def storm_many(
+    requests: Sequence[tuple[str, str]], headers: dict[str, str], connections: int
+) -> list[Answered]:
+    """Every (target, path) request answered, over `connections` kept-alive connections
+    spread over the targets, each sending its target's next request as soon as its last
+    is answered (each target's requests in the order given). Plain HTTP/1.1 on asyncio
+    streams: the load generator costs little, so the times are the brokers'.
+    """
+    targets = sorted({url for url, _ in requests})
+    queues = {target: iter([path for url, path in requests if url == target]) for target in targets}
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    answers: list[Answered] = []
+    opened = [
+        await asyncio.open_connection(*targets[i % len(targets)].removeprefix("http://").split(":"))
+        for i in range(connections)
+    ]
+    started = time.perf_counter()
+
+    async def connection(target: str, reader: asyncio.StreamReader, writer: Any) -> None:
+        try:
+            for path in queues[target]:  # shared: each request is sent once
+                sent = time.perf_counter()
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode())
+                status = await _read(reader)
+                now = time.perf_counter()
+                answers.append(Answered(status, now - started, now - sent))
+        finally:
+            writer.close()
+
+    await asyncio.gather(
+        *(connection(targets[i % len(targets)], r, w) for i, (r, w) in enumerate(opened))
+    )
+    return answers
+
+
+async def _read(reader: asyncio.StreamReader) -> int:
+    """One HTTP/1.1 answer with a Content-Length body; its status."""
+    status = int((await reader.readline()).split(b" ", 2)[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return status
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]

@@ -1,4 +1,5 @@
-"""Refresh storm: N callers at once on an expired account, on one and on two replicas.
+"""Refresh storms: N callers at once on one expired account, on one and on two replicas;
+and, with --accounts, storms over many accounts whose tokens expire together.
 
 The sandbox's token endpoint answers after a fixed delay (as Google's does, a few
 hundred ms away). The brokers run on core 0, the callers and the sandbox on core 1
@@ -9,7 +10,17 @@ change sends), then N requests are sent at once, spread over the replicas.
 Reported: upstream refresh calls (target: exactly 1) and the slowest caller against
 one refresh round trip measured the same way (target: within 1.5x plus 50 ms).
 
+With --accounts N [N ...]: N accounts seeded (`bench.seed`), two replicas (one per
+core) with default settings that have served each account once (their caches hold
+its token), then one caller per account on each replica (2N requests, over --connections kept-alive
+connections) asking for more life than the cached tokens have left (`min_ttl=3300`,
+as when tokens cached everywhere near their expiry together). Reported: upstream
+refreshes (target: exactly N), 5xx answers (target: 0), wall time against
+N / (replicas x TOKEN_BROKER_REFRESH_CONCURRENCY) x latency (target: within 1.5x),
+and the callers' p99.
+
     .venv/bin/uv run python -m bench.refresh_storm [--latency 0.3]
+    .venv/bin/uv run python -m bench.refresh_storm --accounts 1000 10000
 """
 
 from __future__ import annotations
@@ -31,7 +42,9 @@ from bench.common import (
     Broker,
     System,
     connect_account,
+    percentile,
     storm,
+    storm_many,
     system,
     table,
     verdict,
@@ -70,7 +83,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--latency", type=float, default=0.3, help="token endpoint delay (s)")
     parser.add_argument("--callers", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--accounts", type=int, nargs="+", help="storms over many accounts")
+    parser.add_argument("--connections", type=int, default=2000, help="with --accounts")
+    parser.add_argument(
+        "--concurrency", type=int, default=32, help="TOKEN_BROKER_REFRESH_CONCURRENCY"
+    )
     args = parser.parse_args()
+    if args.accounts:
+        many_accounts(args)
+        return
 
     rows = []
     with system() as sut:
@@ -130,6 +151,63 @@ def round_of(
         len(brokers), callers, refreshes, f"{slowest * 1000:.0f}", f"{round_trip * 1000:.0f}",
         f"{slowest / round_trip:.2f}x", verdict(ok),
     ]  # fmt: skip
+
+
+def many_accounts(args: argparse.Namespace) -> None:
+    # Refreshing thousands of accounts is CPU work on every replica: each gets a core of
+    # its own (two replicas, two cores); the callers and the sandbox float.
+    rows = []
+    for accounts in args.accounts:
+        with system(sandbox_core=None) as sut:
+            seeded = sut.seed(accounts, expires_in=1800)
+            key = sut.api_key("storm")
+            headers = {"Authorization": f"Bearer {key}"}
+            brokers = [
+                sut.start_broker(
+                    f"storm-{accounts}-{i}", core=(SERVER_CORE, LOAD_CORE)[i],
+                    refresh_concurrency=str(args.concurrency),
+                )
+                for i in range(2)
+            ]  # fmt: skip
+            try:
+                warm = [
+                    (broker.url, f"/v1/accounts/{account.subject}/access-token")
+                    for account in seeded
+                    for broker in brokers
+                ]  # every account's token cached on both replicas, as in steady use
+                warmed = asyncio.run(storm_many(warm, headers, 64))
+                assert {answer.status for answer in warmed} == {200}
+                sut.control("POST", "/faults", json={"endpoint": "token", "kind": "latency",
+                                                      "delay": args.latency})  # fmt: skip
+                sut.control("DELETE", "/counters")
+                cpu_before = sum(broker.process.cpu_seconds() for broker in brokers)
+                requests = [(url, path + "?min_ttl=3300") for url, path in warm]
+                connections = min(args.connections, len(requests))
+                answers = asyncio.run(storm_many(requests, headers, connections))
+                refreshes = (
+                    sut.control("GET", "/counters").json()["calls"].get("token:refresh_token", 0)
+                )
+                cpu = sum(broker.process.cpu_seconds() for broker in brokers) - cpu_before
+            finally:
+                for broker in brokers:
+                    broker.stop()
+        wall = max(answer.seconds for answer in answers)
+        errors = sum(answer.status >= 500 for answer in answers)
+        other = sum(answer.status != 200 and answer.status < 500 for answer in answers)
+        ideal = accounts / (len(brokers) * args.concurrency) * args.latency
+        p99 = percentile([answer.latency for answer in answers], 0.99)
+        ok = refreshes == accounts and errors == 0 and other == 0 and wall <= 1.5 * ideal
+        rows.append([
+            f"{accounts:,}", f"{len(answers):,}", connections, f"{refreshes:,}", errors, other,
+            f"{wall:.2f}", f"{ideal:.2f}", f"{wall / ideal:.2f}x", f"{p99 * 1000:,.0f}",
+            f"{cpu:.1f}", verdict(ok),
+        ])  # fmt: skip
+    print(table(
+        ["accounts", "callers (2 replicas)", "connections", "upstream refreshes (= accounts)",
+         "5xx (= 0)", "other non-200", "wall s", "accounts / (2 x concurrency) x latency s",
+         "wall / that (<= 1.5x)", "caller p99 ms", "brokers' CPU s in the storm", "targets"],
+        rows,
+    ))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -34,6 +34,15 @@ class SandboxSettings(BaseModel):
     code_ttl: int | None = Field(default=None, ge=1)
 
 
+class SeedSpec(BaseModel):
+    client_id: str
+    emails: list[str] = Field(max_length=100_000)
+    scopes: str = Field(
+        default="openid email profile https://www.googleapis.com/auth/gmail.readonly",
+        description="Space-separated scopes each grant carries.",
+    )
+
+
 class UserSpec(BaseModel):
     email: str = Field(description="How the account signs in at the consent page.")
     name: str | None = None
@@ -136,6 +145,19 @@ def control_router(state: SandboxState) -> APIRouter:
         if "azp" in spec.model_fields_set:
             client.azp = spec.azp
         return {"extra_audiences": client.extra_audiences, "azp": client.azp or client_id}
+
+    @router.post(
+        "/seed",
+        summary="Users with a live grant each, at once (benchmarks seed many accounts)",
+        description="Answers each user's subject and a new refresh and access token.",
+    )
+    async def seed(spec: SeedSpec) -> list[dict[str, Any]]:
+        seeded = state.seed(spec.emails, spec.client_id, set(spec.scopes.split()))
+        return [
+            {"email": user.email, "sub": user.sub, "refresh_token": refresh_token,
+             "access_token": access_token, "expires_in": lifetime}
+            for user, refresh_token, access_token, lifetime in seeded
+        ]  # fmt: skip
 
     @router.post("/users/{email}/revoke", summary="Revoke every grant of a user")
     async def revoke_user(email: str) -> dict[str, int]:

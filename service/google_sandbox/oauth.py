@@ -324,9 +324,7 @@ def oauth_router(state: SandboxState) -> APIRouter:
                 return oauth_error(400, "invalid_scope", "Bad Request")
         refresh_token = None
         if state.rotate_refresh_tokens:
-            grant.refresh_tokens.discard(presented)
-            grant.rotated_refresh_tokens.add(presented)
-            refresh_token = state.issue_refresh_token(grant)  # saves the rotation too
+            refresh_token = state.rotate_refresh_token(grant, presented)
         return _token_answer(request, grant, scopes, client_id, refresh_token, None)
 
     def _token_answer(

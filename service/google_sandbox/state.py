@@ -81,6 +81,7 @@ class Grant:
     refresh_tokens: set[str] = field(default_factory=set)
     rotated_refresh_tokens: set[str] = field(default_factory=set)
     revoked: bool = False
+    access_tokens: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -163,6 +164,11 @@ class SandboxState:
         self.users: dict[str, SandboxUser] = {}
         self.codes: dict[str, AuthCode] = {}
         self.grants: dict[str, Grant] = {}
+        # Lookups instead of loops over every grant, so a benchmark with 100,000
+        # accounts measures the broker, not the sandbox.
+        self._by_refresh_token: dict[str, Grant] = {}
+        self._live_grants: dict[tuple[str, str], Grant] = {}
+        self._grants_of: dict[str, list[Grant]] = {}
         self.access_tokens: dict[str, AccessToken] = {}
         # Who signed in on the consent page, by session cookie (prompt=none reads it).
         self.sessions: dict[str, str] = {}
@@ -198,6 +204,7 @@ class SandboxState:
         mailbox_size: int | None = None,
         email_claim: str | None = None,
         email_verified: bool | None = None,
+        notify: bool = True,
     ) -> SandboxUser:
         email = email.strip().lower()
         user = self.users.get(email)
@@ -218,14 +225,18 @@ class SandboxState:
             user.email_claim = email_claim
         if email_verified is not None:
             user.email_verified = email_verified
-        self._changed()
+        if notify:
+            self._changed()
         return user
 
     def reset(self) -> None:
         """Forget users, grants, tokens, faults and counters; keep clients and signing key."""
         self.access_token_lifetime = 3599
         self.rotate_refresh_tokens = False
-        for collection in (self.users, self.codes, self.grants, self.access_tokens, self.sessions):
+        for collection in (
+            self.users, self.codes, self.grants, self.access_tokens, self.sessions,
+            self._by_refresh_token, self._live_grants, self._grants_of,
+        ):  # fmt: skip
             collection.clear()
         self.faults.clear()
         self.calls.clear()
@@ -236,16 +247,22 @@ class SandboxState:
     # ------------------------------------------------------------------ grants and tokens
 
     def live_grant(self, email: str, client_id: str) -> Grant | None:
-        for grant in self.grants.values():
-            if grant.email == email and grant.client_id == client_id and not grant.revoked:
-                return grant
-        return None
+        grant = self._live_grants.get((email, client_id))
+        return grant if grant is not None and not grant.revoked else None
 
     def new_grant(self, email: str, client_id: str, scopes: set[str]) -> Grant:
         grant = Grant(id=_random("g", 16), email=email, client_id=client_id, scopes=scopes)
-        self.grants[grant.id] = grant
+        self._add_grant(grant)
         self._changed()
         return grant
+
+    def _add_grant(self, grant: Grant) -> None:
+        self.grants[grant.id] = grant
+        self._grants_of.setdefault(grant.email, []).append(grant)
+        if not grant.revoked:
+            self._live_grants[(grant.email, grant.client_id)] = grant
+        for token in grant.refresh_tokens | grant.rotated_refresh_tokens:
+            self._by_refresh_token[token] = grant
 
     def issue_code(self, code: AuthCode) -> str:
         value = _random("4/0A", 60)
@@ -256,8 +273,15 @@ class SandboxState:
         """An access token for the grant's scopes, or the narrower `scopes` a refresh asked for."""
         token = _random("ya29.sandbox-", 64)
         lifetime = self.access_token_lifetime
+        now = time.time()
+        # A grant's expired tokens go when it gets a new one: memory stays bounded
+        # however many refreshes a benchmark makes.
+        for old in [t for t in grant.access_tokens if self.access_tokens[t].expires_at <= now]:
+            grant.access_tokens.discard(old)
+            del self.access_tokens[old]
         granted = set(grant.scopes if scopes is None else scopes)
-        self.access_tokens[token] = AccessToken(grant.id, granted, time.time() + lifetime)
+        self.access_tokens[token] = AccessToken(grant.id, granted, now + lifetime)
+        grant.access_tokens.add(token)
         return token, lifetime
 
     def sign_in(self, email: str) -> str:
@@ -269,17 +293,47 @@ class SandboxState:
     def issue_refresh_token(self, grant: Grant) -> str:
         token = _random("1//sandbox-", 64)
         grant.refresh_tokens.add(token)
+        self._by_refresh_token[token] = grant
         self._changed()
         return token
 
+    def rotate_refresh_token(self, grant: Grant, presented: str) -> str:
+        """Retire `presented` (presenting it again kills the grant) and issue its successor."""
+        grant.refresh_tokens.discard(presented)
+        grant.rotated_refresh_tokens.add(presented)
+        return self.issue_refresh_token(grant)  # saves the rotation too
+
     def grant_for_refresh_token(self, token: str) -> tuple[Grant | None, bool]:
         """(grant, replayed): replayed means a rotated-away token was presented again."""
-        for grant in self.grants.values():
-            if token in grant.refresh_tokens:
-                return grant, False
-            if token in grant.rotated_refresh_tokens:
-                return grant, True
-        return None, False
+        grant = self._by_refresh_token.get(token)
+        if grant is None:
+            return None, False
+        return grant, token in grant.rotated_refresh_tokens
+
+    def seed(
+        self, emails: list[str], client_id: str, scopes: set[str]
+    ) -> list[tuple[SandboxUser, str, str, int]]:
+        """Users with a live grant each, at once (benchmarks): (user, refresh token,
+        access token, its lifetime) per email."""
+        seeded = []
+        for email in emails:
+            user = self.add_user(email, notify=False)
+            grant = self.live_grant(user.email, client_id)
+            if grant is None:
+                grant = Grant(
+                    id=_random("g", 16),
+                    email=user.email,
+                    client_id=client_id,
+                    scopes=granted_names(scopes),
+                )
+                self._add_grant(grant)
+            refresh_token = _random("1//sandbox-", 64)
+            grant.refresh_tokens.add(refresh_token)
+            self._by_refresh_token[refresh_token] = grant
+            access_token, lifetime = self.issue_access_token(grant)
+            seeded.append((user, refresh_token, access_token, lifetime))
+        self._changed()
+        return seeded
 
     def valid_access_token(self, token: str) -> AccessToken | None:
         access = self.access_tokens.get(token)
@@ -292,25 +346,30 @@ class SandboxState:
 
     def revoke_grant(self, grant: Grant) -> None:
         grant.revoked = True
+        if self._live_grants.get((grant.email, grant.client_id)) is grant:
+            del self._live_grants[(grant.email, grant.client_id)]
         self._changed()
-        for token, access in list(self.access_tokens.items()):
-            if access.grant_id == grant.id:
-                del self.access_tokens[token]
+        for token in grant.access_tokens:
+            self.access_tokens.pop(token, None)
+        grant.access_tokens.clear()
 
     def revoke_user(self, email: str) -> int:
         revoked = 0
-        for grant in self.grants.values():
-            if grant.email == email.lower() and not grant.revoked:
+        for grant in self._grants_of.get(email.lower(), []):
+            if not grant.revoked:
                 self.revoke_grant(grant)
                 revoked += 1
         return revoked
 
     def expire_access_tokens(self, email: str | None = None) -> int:
+        if email is None:
+            grants: list[Grant] = list(self.grants.values())
+        else:
+            grants = self._grants_of.get(email.lower(), [])
         expired = 0
-        for access in self.access_tokens.values():
-            grant = self.grants.get(access.grant_id)
-            if email is None or (grant is not None and grant.email == email.lower()):
-                access.expires_at = 0
+        for grant in grants:
+            for token in grant.access_tokens:
+                self.access_tokens[token].expires_at = 0
                 expired += 1
         return expired
 
@@ -373,13 +432,15 @@ class SandboxState:
                 email_verified=user.get("email_verified"),
             )
         for grant in snapshot.get("grants", []):
-            self.grants[grant["id"]] = Grant(
-                id=grant["id"],
-                email=grant["email"],
-                client_id=grant["client_id"],
-                # Grants saved before the sandbox spoke Google's scope names.
-                scopes=granted_names(grant["scopes"]),
-                refresh_tokens=set(grant["refresh_tokens"]),
-                rotated_refresh_tokens=set(grant["rotated_refresh_tokens"]),
-                revoked=grant["revoked"],
+            self._add_grant(
+                Grant(
+                    id=grant["id"],
+                    email=grant["email"],
+                    client_id=grant["client_id"],
+                    # Grants saved before the sandbox spoke Google's scope names.
+                    scopes=granted_names(grant["scopes"]),
+                    refresh_tokens=set(grant["refresh_tokens"]),
+                    rotated_refresh_tokens=set(grant["rotated_refresh_tokens"]),
+                    revoked=grant["revoked"],
+                )
             )

@@ -33,6 +33,7 @@ from token_broker.kit.rate_limit import RateLimiter
 from token_broker.observability.logs import configure_logging, install_request_id_on_records
 from token_broker.observability.metrics import Metrics
 from token_broker.observability.tracing import Tracing, TracingConfigurationError
+from token_broker.services.account_gauges import AccountGauges
 from token_broker.services.account_states import AccountStates
 from token_broker.services.accounts import AccountService
 from token_broker.services.api_keys import Authenticator
@@ -101,6 +102,7 @@ class Components:
     details: MessageDetailsService
     gmail_quota: GmailQuota
     keepalive: KeepAlive
+    account_gauges: AccountGauges
 
 
 def build_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -167,7 +169,11 @@ def create_app(
             # httpcore loads anyio's asyncio backend on its first request: do it now,
             # not while the first refresh (and everyone waiting on it) stands still.
             anyio.Event()
-            audit = AuditBuffer(database, on_drop=metrics.audit_dropped.inc)
+            audit = AuditBuffer(
+                database,
+                window_seconds=settings.token_audit_window_seconds,
+                on_drop=metrics.audit_dropped.inc,
+            )
             audit.start()
             stack.push_async_callback(audit.stop)
             upstream = Upstream(http, observer=metrics.observe_upstream, tracer=tracer)
@@ -261,6 +267,15 @@ def create_app(
                 listing=listing,
                 settings=settings,
             )
+            accounts = AccountService(
+                database, account_states=account_states, oauth=oauth_client, changes=changes
+            )
+            account_gauges = AccountGauges(
+                accounts, metrics, interval=settings.metrics_accounts_interval_seconds
+            )
+            if settings.metrics_enabled:
+                account_gauges.start()
+                stack.push_async_callback(account_gauges.stop)
             app.state.broker = Components(
                 settings=settings,
                 database=database,
@@ -273,15 +288,14 @@ def create_app(
                 details=details,
                 gmail_quota=gmail_quota,
                 keepalive=keepalive,
+                account_gauges=account_gauges,
             )
             app.state.web = WebState(
                 authenticator=authenticator,
                 authorizations=authorizations,
                 links=links,
                 connect=connect,
-                accounts=AccountService(
-                    database, account_states=account_states, oauth=oauth_client, changes=changes
-                ),
+                accounts=accounts,
                 tokens=tokens,
                 listing=listing,
                 details=details,
@@ -293,7 +307,7 @@ def create_app(
                     gmail_quota=gmail_quota,
                 ),
                 metrics=metrics,
-                token_bodies=TokenBodies(),
+                token_bodies=TokenBodies(settings.token_cache_size),
                 default_min_ttl=settings.default_min_ttl_seconds,
             )
             if settings.metrics_enabled and settings.metrics_port is not None:

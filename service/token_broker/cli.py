@@ -456,7 +456,9 @@ def keys_generate(
 
 @keys_app.command("rotate")
 def keys_rotate(
-    batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Rows per transaction.")] = 200,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Rows per transaction.")
+    ] = 1000,
     force: Annotated[
         bool,
         typer.Option(

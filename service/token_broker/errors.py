@@ -150,7 +150,7 @@ class TooManyForJson(BrokerError):
     code = "too_many_for_json"
     title = "Too many messages for a JSON answer"
     default_detail = (
-        "A JSON answer with message details holds a limited number of messages; ask with "
+        "A JSON answer holds at most max_messages messages (fewer with details); ask with "
         "`Accept: application/x-ndjson` to stream any number, or pass a smaller `limit`."
     )
 

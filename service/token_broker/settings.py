@@ -118,11 +118,14 @@ class Settings(BaseSettings):
     # Access tokens
     default_min_ttl_seconds: int = Field(default=300, ge=0, le=3300)
     default_token_lifetime_seconds: int = Field(default=600, ge=60, le=3600)
-    token_cache_size: int = Field(default=10_000, ge=1, le=10_000_000)
+    token_cache_size: int = Field(default=100_000, ge=1, le=10_000_000)
     refresh_attempts: int = Field(default=3, ge=1, le=10)
     refresh_budget_seconds: float = Field(default=8.0, gt=0, le=120)
     refresh_cooldown_seconds: float = Field(default=5.0, ge=0, le=600)
     lock_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    refresh_lease_seconds: float = Field(default=15.0, ge=5, le=600)
+    refresh_concurrency: int = Field(default=32, ge=1, le=1000)
+    token_audit_window_seconds: int = Field(default=3600, ge=1, le=86_400)
 
     # Gmail
     gmail_attempts: int = Field(default=5, ge=1, le=20)
@@ -139,6 +142,7 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     redis_key_prefix: str = Field(default="token-broker:", max_length=100)
     redis_timeout_seconds: float = Field(default=0.5, gt=0, le=10)
+    json_listing_max_messages: int = Field(default=200_000, ge=1, le=10_000_000)
 
     # Callers
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
@@ -155,6 +159,7 @@ class Settings(BaseSettings):
     # keep it to the monitoring network.
     metrics_port: int | None = Field(default=None, ge=1, le=65_535)
     metrics_host: str = Field(default="0.0.0.0", min_length=1, max_length=255)  # noqa: S104
+    metrics_accounts_interval_seconds: float = Field(default=30.0, ge=1, le=3600)
     shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=600)
     keepalive_enabled: bool | None = None
     keepalive_after_days: int = Field(default=30, ge=1, le=180)
@@ -227,6 +232,18 @@ class Settings(BaseSettings):
         if value is not None and not _is_http_url(value):
             raise ValueError("expected an absolute http(s) URL")
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_the_refresh(self) -> Settings:
+        # A replica cuts its refresh short before its lease runs out (LEASE_MARGIN_SECONDS
+        # in services/refresh_leases.py), so two replicas never present one refresh token
+        # at once; the retry budget must fit inside that.
+        if self.refresh_lease_seconds < self.refresh_budget_seconds + 2:
+            raise ValueError(
+                f"{env_name('refresh_lease_seconds')}: must be at least "
+                f"{env_name('refresh_budget_seconds')} + 2 ({self.refresh_budget_seconds + 2:g})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _webhook_needs_a_secret(self) -> Settings:

@@ -106,8 +106,13 @@ async def test_a_revoked_account_raises_reauthorization_required_with_its_link(
         problem = raised.value
         assert problem.status == 409
         assert problem.authorization_url is not None
-        assert problem.authorization_url.startswith(f"{dev_broker.sandbox}/o/oauth2/v2/auth?")
-        assert "login_hint=revoked%40example.com" in problem.authorization_url
+        # A re-authorization link at the broker, which sends the user on to consent.
+        assert problem.authorization_url.startswith(f"{dev_broker.url}/v1/oauth/reauthorize?")
+        async with httpx.AsyncClient() as browser:
+            opened = await browser.get(problem.authorization_url, follow_redirects=False)
+        assert opened.status_code == 303
+        assert opened.headers["location"].startswith(f"{dev_broker.sandbox}/o/oauth2/v2/auth?")
+        assert "login_hint=revoked%40example.com" in opened.headers["location"]
         # The cached token went with the grant: the next call asks the broker again.
         with pytest.raises(ReauthorizationRequired):
             await broker.access_token("revoked@example.com")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 from google.auth.exceptions import RefreshError
 from googleapiclient.discovery import build
@@ -75,7 +76,8 @@ def test_a_revoked_grant_is_both_reauthorization_required_and_a_refresh_error(
         assert isinstance(raised.value, RefreshError)
         assert isinstance(raised.value, BrokerProblem)
         assert raised.value.authorization_url is not None
-        assert "login_hint=gone%40example.com" in raised.value.authorization_url
+        opened = httpx.get(raised.value.authorization_url, follow_redirects=False)
+        assert "login_hint=gone%40example.com" in opened.headers["location"]
 
 
 def test_broker_credentials_need_the_sync_client() -> None:

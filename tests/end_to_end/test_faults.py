@@ -48,6 +48,7 @@ def live_settings() -> dict[str, Any]:
         "http_timeout_seconds": 0.3,
         "refresh_attempts": ATTEMPTS,
         "refresh_budget_seconds": 60,
+        "refresh_lease_seconds": 70,
         "refresh_cooldown_seconds": 0,
         "gmail_attempts": ATTEMPTS,
         "gmail_budget_seconds": 60,

@@ -1,8 +1,9 @@
 """Several broker processes on one Postgres database, against the sandbox on loopback.
 
 These are the fleet-wide promises: one upstream refresh per expiry however many
-callers and replicas ask, a rotating provider that kills replayed grants, a process
-killed mid-refresh, and deletions that reach every replica's cache at once.
+callers and replicas ask, over one account or many (more than the connection pools
+hold), against a rotating provider that kills replayed grants; a process killed
+mid-refresh frees its lease; deletions reach every replica's cache at once.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tests.support.hygiene import register_secret
 from tests.support.polling import eventually
 from tests.support.processes import BrokerProcess
 from tests.support.provider import Provider
+from tests.support.seeding import seed_at_sandbox
 from token_broker.kit.clock import utcnow
 from token_broker.services.api_keys import Permission
 from token_broker.services.clients import ClientService
@@ -48,7 +50,7 @@ class Fleet:
         self.replicas: list[BrokerProcess] = []
         self.key = ""
 
-    def env(self) -> dict[str, str]:
+    def env(self, **extra: Any) -> dict[str, str]:
         settings = {
             "DATABASE_URL": self.url,
             "ENCRYPTION_KEYS": TEST_KEYS,
@@ -59,11 +61,12 @@ class Fleet:
             "LOG_LEVEL": "DEBUG",
             "LOCK_TIMEOUT_SECONDS": "20",
             **{k.upper(): str(v) for k, v in self.provider.settings().items()},
+            **{k.upper(): str(v) for k, v in extra.items()},
         }
         return {f"TOKEN_BROKER_{k}": v for k, v in settings.items()}
 
-    async def start(self, count: int) -> list[BrokerProcess]:
-        started = [BrokerProcess(self.env(), name=f"replica{i}") for i in range(count)]
+    async def start(self, count: int, **settings: Any) -> list[BrokerProcess]:
+        started = [BrokerProcess(self.env(**settings), name=f"replica{i}") for i in range(count)]
         self.replicas += started
         await asyncio.gather(*(replica.ready() for replica in started))
         return started
@@ -160,26 +163,85 @@ async def test_a_storm_on_two_replicas_makes_one_refresh(fleet: Fleet, rotating:
     assert all(not grant.revoked for grant in fleet.provider.state.grants.values())
 
 
-async def test_a_replica_killed_mid_refresh_loses_nothing(fleet: Fleet) -> None:
-    a, b = await fleet.start(2)
+async def test_a_storm_over_more_accounts_than_the_pools_hold(fleet: Fleet) -> None:
+    """Two processes, a provider that rotates refresh tokens (a replayed one kills the
+    grant), pools of two connections, and forty accounts expiring together."""
+    accounts = 40
+    a, b = await fleet.start(
+        2,
+        db_pool_size=2,
+        db_max_overflow=0,
+        db_pool_timeout_seconds=1,
+        refresh_concurrency=4,
+        lock_timeout_seconds=5,
+    )
+    subjects = await seed_at_sandbox(fleet.url, fleet.provider, accounts, expires_in=-60)
+    fleet.provider.state.rotate_refresh_tokens = True
+    fleet.provider.state.faults.append(FaultRule("token", kind="latency", delay=0.1))
+    fleet.provider.state.calls.clear()
+
+    callers = [(replica, subject) for subject in subjects for replica in (a, b, a, b)]
+    responses = await asyncio.gather(*(fleet.token(r, subject) for r, subject in callers))
+    assert [r.status_code for r in responses] == [200] * len(callers), {
+        r.text for r in responses if r.status_code != 200
+    }
+    for index in range(accounts):
+        tokens = {r.json()["access_token"] for r in responses[index * 4 : index * 4 + 4]}
+        assert len(tokens) == 1
+        register_secret(tokens.pop())
+    assert fleet.provider.state.calls["token:refresh_token"] == accounts
+    assert not any(grant.revoked for grant in fleet.provider.state.grants.values())
+    # What each replica stored is the grant's current refresh token: both keep working.
+    fleet.provider.state.faults.clear()
+    for replica, subject in [(b, subjects[0]), (a, subjects[0]), (a, subjects[-1])]:
+        forced = await fleet.token(replica, subject, force_refresh="true")
+        assert forced.status_code == 200, forced.text
+        register_secret(forced.json()["access_token"])
+    assert not any(grant.revoked for grant in fleet.provider.state.grants.values())
+
+
+async def stored_lease(url: str, subject: str) -> tuple[str | None, Any]:
+    engine = create_async_engine(url)
+    async with engine.connect() as connection:
+        row = (
+            await connection.execute(
+                sa.select(Account.refresh_lease_id, Account.refresh_lease_until).where(
+                    Account.subject == subject
+                )
+            )
+        ).one()
+    await engine.dispose()
+    return row[0], row[1]
+
+
+async def test_a_holder_killed_mid_refresh_frees_its_lease(fleet: Fleet) -> None:
+    a, b = await fleet.start(2, refresh_lease_seconds=5, refresh_budget_seconds=2)
     subject = await fleet.connect(a)
     before = await fleet.stored()
+    fleet.provider.state.call_log.clear()
     stall = FaultRule("token", kind="latency", delay=30, times=1)
     fleet.provider.state.faults.append(stall)
 
     stuck = asyncio.create_task(fleet.token(a, subject, force_refresh="true"))
-    await eventually(lambda: stall.hits == 1, within=10)  # A holds the row lock now
+    await eventually(lambda: stall.hits == 1, within=10)  # A holds the lease, mid-call
+    lease_id, lease_until = await stored_lease(fleet.url, subject)
+    assert lease_id is not None
+    waiting = asyncio.create_task(fleet.token(b, subject, force_refresh="true"))
     a.kill()
     with pytest.raises(httpx.TransportError):
         await stuck
 
-    after_crash = await fleet.stored()
-    assert after_crash["refresh_token"] == before["refresh_token"]
-    assert after_crash["status"] == "active"
-    response = await fleet.token(b, subject, force_refresh="true")
+    # B waited for A's lease to run out, then refreshed: one call, after the expiry.
+    response = await asyncio.wait_for(waiting, timeout=20)
     assert response.status_code == 200, response.text
     register_secret(response.json()["access_token"])
-    assert (await fleet.stored())["status"] == "active"
+    refreshed = [call for call in fleet.provider.state.calls_to("token") if call.status == 200]
+    assert len(refreshed) == 1
+    after = await fleet.stored()
+    assert after["status"] == "active"
+    assert after["refresh_token"] == before["refresh_token"]
+    assert after["last_refreshed_at"] >= lease_until
+    assert (after["refresh_lease_id"], after["refresh_lease_until"]) == (None, None)
 
 
 async def test_deletion_reaches_every_replica_promptly(fleet: Fleet) -> None:

@@ -349,6 +349,51 @@ async def test_rotation_and_replay_kill_the_grant(sandbox: Sandbox) -> None:
     }
 
 
+async def test_seeded_users_have_live_grants_found_by_lookup(sandbox: Sandbox) -> None:
+    emails = [f"seed{i}@example.com" for i in range(3)]
+    answer = await sandbox.http.post(
+        f"{sandbox.url}/_sandbox/seed", json={"client_id": CLIENT_ID, "emails": emails}
+    )
+    assert answer.status_code == 200
+    seeded = answer.json()
+    assert [entry["email"] for entry in seeded] == emails
+    assert [entry["sub"] for entry in seeded] == [sandbox.state.users[e].sub for e in emails]
+    for entry in seeded:
+        register_secret(entry["refresh_token"])
+        register_secret(entry["access_token"])
+    messages = await sandbox.http.get(
+        f"{sandbox.url}/gmail/v1/users/me/messages",
+        headers={"Authorization": f"Bearer {seeded[1]['access_token']}"},
+    )
+    assert messages.status_code == 200
+    refreshed = await sandbox.token(
+        {"grant_type": "refresh_token", "refresh_token": seeded[2]["refresh_token"]}
+    )
+    assert refreshed.status_code == 200
+    register_secret(refreshed.json()["access_token"])
+    # Revoking one user kills that user's grant only.
+    assert sandbox.state.revoke_user(emails[0]) == 1
+    dead = await sandbox.token(
+        {"grant_type": "refresh_token", "refresh_token": seeded[0]["refresh_token"]}
+    )
+    assert dead.json()["error"] == "invalid_grant"
+    assert sandbox.state.live_grant(emails[1], CLIENT_ID) is not None
+
+
+async def test_expired_access_tokens_are_dropped_when_a_grant_gets_a_new_one(
+    sandbox: Sandbox,
+) -> None:
+    first = await sandbox.tokens()
+    (grant,) = sandbox.state.grants.values()
+    form = {"grant_type": "refresh_token", "refresh_token": first["refresh_token"]}
+    for _ in range(3):
+        sandbox.state.expire_access_tokens("alice@example.com")
+        refreshed = await sandbox.token(form)
+        register_secret(refreshed.json()["access_token"])
+    assert len(grant.access_tokens) == 1
+    assert set(sandbox.state.access_tokens) == grant.access_tokens
+
+
 async def test_revoke_kills_the_whole_grant(sandbox: Sandbox) -> None:
     first = await sandbox.tokens()
     revoked = await sandbox.http.post(

@@ -185,8 +185,10 @@ async def test_gmails_quota_enforced_is_never_exceeded(live: Live) -> None:
     user at once get no rate-limit answer, and together stay within the rate."""
     subject = await connect(live, 400)
     state = live.provider.state
+    # The sandbox tolerates a larger burst than the broker spends (200 units), as Gmail
+    # must for the broker's default: the margin absorbs calls bunched by a loaded machine.
     state.quota.configure(
-        QuotaSettings(units_per_minute=60_000, burst_units=250, concurrent_limit=64)
+        QuotaSettings(units_per_minute=60_000, burst_units=500, concurrent_limit=64)
     )
     headers = {**await live.headers(), **NDJSON}
     params = {"format": "minimal", "includeSpamTrash": "true"}
@@ -205,8 +207,8 @@ async def test_gmails_quota_enforced_is_never_exceeded(live: Live) -> None:
     assert report["concurrency_limited"] == 0
     spent = report["spent"]["alice@example.com"]
     assert spent == 2 * (400 * 5 + 5)
-    # Within the rate: the burst, plus 1,000 units a second.
-    assert spent <= 250 + 1000 * elapsed + 10
+    # Within the rate: the broker's burst, plus 1,000 units a second.
+    assert spent <= 200 + 1000 * elapsed + 10
     metrics = (await live.broker.client.get("/metrics")).text
     assert 'token_broker_gmail_quota_units_total{method="messages.get"} 4000.0' in metrics
     assert 'token_broker_gmail_quota_units_total{method="messages.list"} 10.0' in metrics

@@ -50,7 +50,10 @@ async def test_every_message_once_in_gmails_order(live: Live, size: int) -> None
         f"/v1/accounts/{subject}/messages", params=params, headers=await live.headers()
     )
     assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert int(response.headers["content-length"]) == len(response.content)
     body = response.json()
+    assert list(body) == ["messages", "count", "result_size_estimate", "pages"]
     assert [m["id"] for m in body["messages"]] == expected
     assert body["count"] == size
     # Gmail's estimate is not a count (201 for any non-empty query); the listing never uses it.
@@ -77,6 +80,42 @@ async def test_every_message_once_in_gmails_order(live: Live, size: int) -> None
         "result_size_estimate": estimate,
     }
     assert live.provider.state.calls[LIST] == calls
+
+
+async def test_json_answers_past_their_cap_point_to_ndjson(
+    provider: Any, broker_factory: Any, settings_factory: Any
+) -> None:
+    broker = await broker_factory(
+        settings_factory(**provider.settings(), json_listing_max_messages=1000)
+    )
+    async with httpx.AsyncClient() as browser:
+        live = Live(provider, broker, browser)
+        subject = await connect(live, 2600)
+        headers = await live.headers()
+        url = f"/v1/accounts/{subject}/messages"
+        params = {"includeSpamTrash": "true"}
+
+        refused = await broker.client.get(url, params=params, headers=headers)
+        assert refused.status_code == 400
+        problem = refused.json()
+        assert problem["code"] == "too_many_for_json"
+        assert problem["max_messages"] == 1000
+        assert "application/x-ndjson" in problem["detail"]
+        assert provider.state.calls[LIST] <= 4  # it stopped paging once past the cap
+
+        at_the_cap = await broker.client.get(url, params={**params, "limit": 1000}, headers=headers)
+        assert at_the_cap.status_code == 200
+        assert at_the_cap.json()["count"] == 1000
+        streamed = await broker.client.get(
+            url, params=params, headers={**headers, "Accept": "application/x-ndjson"}
+        )
+        assert parse_ndjson(streamed.text)[1]["count"] == 2600
+        await broker.state.audit.flush()
+        async with broker.state.database.transaction() as session:
+            listed = (
+                await session.exec(select(AuditEvent).where(AuditEvent.action == "messages_listed"))
+            ).all()
+        assert [e.outcome for e in listed] == ["too_many_for_json", "ok", "ok"]
 
 
 async def test_query_and_labels_reach_gmail(live: Live) -> None:

@@ -69,6 +69,7 @@ async def test_metrics_after_a_working_session(live: Live) -> None:
     listed = await live.broker.client.get(f"/v1/accounts/{subject}/messages", headers=headers)
     assert listed.status_code == 200
     await live.broker.client.get("/v1/accounts/nobody@example.com/access-token", headers=headers)
+    await live.broker.state.account_gauges.refresh()  # as its timer does
 
     scraped = await live.broker.client.get("/metrics")
     assert scraped.status_code == 200
@@ -106,6 +107,36 @@ async def test_metrics_after_a_working_session(live: Live) -> None:
         for labels, _ in family:
             for label_value in labels.values():
                 assert not any(bad in label_value for bad in forbidden), label_value
+
+
+async def test_a_scrape_never_queries_and_account_counts_follow_on_a_timer(
+    provider: Provider, broker_factory, settings_factory
+) -> None:
+    broker = await broker_factory(
+        settings_factory(**provider.settings(), metrics_accounts_interval_seconds=1)
+    )
+    live = Live(provider, broker, httpx.AsyncClient())
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    engine = broker.state.database.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        scraped = await broker.client.get("/metrics")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    assert scraped.status_code == 200
+    assert statements == []
+    await connect(live)
+
+    async def counted() -> bool:
+        families = samples((await broker.client.get("/metrics")).text)
+        return value(families, "token_broker_accounts", status="active") == 1
+
+    await eventually(counted, within=5)
+    await live.browser.aclose()
 
 
 async def test_metrics_can_be_switched_off(broker_factory, settings_factory) -> None:

@@ -263,7 +263,12 @@ async def test_transient_failures_are_bounded_then_503(
     broker_factory, settings_factory, upstream: respx.MockRouter, failure: Any
 ) -> None:
     broker = await broker_factory(
-        settings_factory(refresh_attempts=3, refresh_budget_seconds=30, refresh_cooldown_seconds=60)
+        settings_factory(
+            refresh_attempts=3,
+            refresh_budget_seconds=30,
+            refresh_lease_seconds=40,
+            refresh_cooldown_seconds=60,
+        )
     )
     waits: list[float] = []
 
@@ -355,14 +360,19 @@ async def test_audit_trail(caller: Caller) -> None:
     await caller.token()
     await caller.token(force_refresh="true")
     await caller.token(force_refresh="true")
-    await caller.broker.state.audit.flush()
+    await caller.broker.state.audit.flush(closing=True)  # as at the end of the window
     async with caller.broker.state.database.transaction() as session:
         events = (await session.exec(select(AuditEvent).order_by(AuditEvent.id))).all()
     trail = [(e.action, e.outcome, (e.detail or {}).get("source")) for e in events]
-    assert ("token_issued", "ok", "database") in trail
-    assert ("token_issued", "ok", "refreshed") in trail
+    assert ("token_issued", "ok", "database") in trail  # the first token of the window
     assert ("refresh", "ok", None) in trail
     assert ("refresh", "failed", None) in trail
     assert ("account_revoked", "invalid_grant", None) in trail
-    issued = [e for e in events if e.action == "token_issued"]
-    assert all(e.client_id and e.account_id and e.request_id for e in issued)
+    first, closing = [e for e in events if e.action == "token_issued"]
+    assert first.client_id
+    assert first.account_id
+    assert first.request_id
+    assert (closing.client_id, closing.account_id) == (first.client_id, first.account_id)
+    assert closing.detail is not None
+    assert closing.detail["count"] == 2
+    assert closing.detail["sources"] == {"database": 1, "refreshed": 1}

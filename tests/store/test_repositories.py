@@ -1,13 +1,17 @@
-"""The SQL that concurrency depends on, on both databases: outbox leases, one-time states,
-rotation batches. Each runs against real transactions, racing where the promise is
-about races.
+"""The SQL that concurrency and scale depend on, on both databases: outbox leases, one-time
+states, rotation batches, the keyset walk and the indexes behind it. Each runs against
+real transactions, racing where the promise is about races.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
 
 from token_broker.kit.clock import utcnow
 from token_broker.store.database import Database
@@ -140,9 +144,91 @@ async def test_rotation_batches_walk_every_account_once_in_id_order(database: Da
     after = ""
     while True:
         async with database.transaction() as session:
-            batch = await AccountRepository(session).batch_after(after, 3)
-        seen.extend(account.id for account in batch)
+            batch = await AccountRepository(session).sealed_after(after, 3)
+        seen.extend(row.id for row in batch)
         if len(batch) < 3:
             break
         after = batch[-1].id
     assert seen == ids
+
+
+async def _accounts_with_shared_creation_times(database: Database, count: int) -> list[Account]:
+    base = utcnow()
+    accounts = [
+        Account(
+            id=str(uuid.uuid4()), provider="google", subject=f"s{number}",
+            status="revoked" if number % 3 == 0 else "active",
+            created_at=base + timedelta(seconds=number // 5),  # five at a time share one
+            updated_at=base,
+        )
+        for number in range(count)
+    ]  # fmt: skip
+    async with database.transaction() as session:
+        for account in accounts:
+            await AccountRepository(session).save(account)
+    return sorted(accounts, key=lambda account: (account.created_at, account.id))
+
+
+async def test_the_keyset_walk_visits_every_account_once_in_order(database: Database) -> None:
+    accounts = await _accounts_with_shared_creation_times(database, 23)
+    for status in (None, "active"):
+        seen: list[str] = []
+        after = None
+        while True:
+            async with database.transaction() as session:
+                page = await AccountRepository(session).page(
+                    email=None, status=status, after=after, limit=4
+                )
+            seen.extend(account.id for account in page)
+            if len(page) < 4:
+                break
+            after = (page[-1].created_at, page[-1].id)
+        expected = [a.id for a in accounts if status is None or a.status == status]
+        assert seen == expected
+
+
+async def _plan(database: Database, run: Callable[[AccountRepository], Awaitable[Any]]) -> str:
+    """The database's plan for the one query `run` makes, with scans and sorts made as
+    unattractive as possible, so the plan shows whether an index *can* answer it."""
+    captured: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        captured.append((statement, parameters))
+
+    sa.event.listen(database.engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        async with database.transaction() as session:
+            await run(AccountRepository(session))
+    finally:
+        sa.event.remove(database.engine.sync_engine, "before_cursor_execute", capture)
+    ((statement, parameters),) = captured
+    async with database.engine.connect() as connection:
+        if database.is_postgres:
+            await connection.exec_driver_sql("SET enable_seqscan = off")
+            await connection.exec_driver_sql("SET enable_sort = off")
+            explain = "EXPLAIN "
+        else:
+            explain = "EXPLAIN QUERY PLAN "
+        rows = (await connection.exec_driver_sql(explain + statement, parameters)).all()
+    return "\n".join(str(row[-1]) for row in rows)
+
+
+async def test_indexes_answer_the_walk_and_the_keepalive_query(database: Database) -> None:
+    await _accounts_with_shared_creation_times(database, 5)
+    after = (utcnow(), str(uuid.uuid4()))
+    walk = await _plan(database, lambda r: r.page(email=None, status=None, after=after, limit=50))
+    by_status = await _plan(
+        database, lambda r: r.page(email=None, status="active", after=after, limit=50)
+    )
+    stale = await _plan(database, lambda r: r.stale_ids(utcnow(), 50))
+    if database.is_postgres:
+        assert "Index Cond: (ROW(created_at, (id)::text) > ROW(" in walk, walk
+        assert "ix_accounts_created_at_id" in walk, walk
+        assert "ix_accounts_status_created_at_id" in by_status, by_status
+        assert "ix_accounts_status_last_used" in stale, stale
+        assert "Sort" not in walk + by_status + stale
+    else:
+        assert "USING INDEX ix_accounts_created_at_id ((created_at,id)>(?,?))" in walk, walk
+        assert "ix_accounts_status_created_at_id (status=? AND (created_at,id)>" in by_status
+        assert "USING INDEX ix_accounts_status_last_used" in stale, stale
+        assert "TEMP B-TREE" not in walk + by_status + stale

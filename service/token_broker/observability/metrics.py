@@ -83,7 +83,8 @@ class Metrics:
         )
         self.accounts = Gauge(
             "token_broker_accounts",
-            "Connected accounts by status (counted at scrape time).",
+            "Connected accounts by status (counted every "
+            "TOKEN_BROKER_METRICS_ACCOUNTS_INTERVAL_SECONDS, not per scrape).",
             ["status"],
             registry=registry,
             multiprocess_mode="mostrecent",

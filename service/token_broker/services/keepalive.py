@@ -3,14 +3,16 @@
 Every `TOKEN_BROKER_KEEPALIVE_INTERVAL_SECONDS` each replica tries to become the
 sweep's leader (a Postgres advisory lock held for the sweep; the lock dies with its
 connection if the replica does). The leader refreshes accounts whose refresh token
-has not been used for `TOKEN_BROKER_KEEPALIVE_AFTER_DAYS`, each under the same row
-lock and single flight as request-time refreshes, so nobody refreshes the same
-account twice. Dead grants are marked revoked (and notified); the sweep is audited
-per account and summarised in the log.
+has not been used for `TOKEN_BROKER_KEEPALIVE_AFTER_DAYS`, each under the same lease
+and single flight as request-time refreshes, so nobody refreshes the same account
+twice. Up to half of TOKEN_BROKER_REFRESH_CONCURRENCY accounts are refreshed at once
+(the other half stays free for callers). Dead grants are marked revoked (and
+notified); the sweep is audited per account and summarised in the log.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ class KeepAlive:
         self.after = timedelta(days=settings.keepalive_after_days)
         self.interval = settings.keepalive_interval_seconds
         self.batch = settings.keepalive_batch
+        self.concurrency = max(1, settings.refresh_concurrency // 2)
         self._sweeper = Background("keep-alive")
 
     async def sweep(self) -> SweepReport:
@@ -63,23 +66,34 @@ class KeepAlive:
         report = SweepReport(leader=True)
         cutoff = utcnow() - self.after
         async with self.database.transaction() as session:
-            stale = await AccountRepository(session).stale_ids(cutoff, self.batch)
-        for account_id in stale:
-            try:
-                source = await self.tokens.keep_alive(account_id, cutoff.timestamp())
-                outcome = "refreshed" if source is Source.REFRESHED else "already_fresh"
-            except ReauthorizationRequired:
-                outcome = "revoked"
-            except UpstreamUnavailable:
-                outcome = "unavailable"
-            except AccountNotFound:
-                outcome = "deleted"
-            except ProviderRejectedClient:
-                report.outcomes["rejected_client"] += 1
-                log.error("keep-alive stopped: the provider rejects the broker's client")
-                break
-            report.outcomes[outcome] += 1
+            stale = iter(await AccountRepository(session).stale_ids(cutoff, self.batch))
+        stop = asyncio.Event()
+
+        async def refresh_some() -> None:
+            for account_id in stale:  # shared: each account is taken by one worker
+                if stop.is_set():
+                    return
+                outcome = await self._refresh_one(account_id, cutoff.timestamp())
+                report.outcomes[outcome] += 1
+                if outcome == "rejected_client" and not stop.is_set():
+                    stop.set()
+                    log.error("keep-alive stopped: the provider rejects the broker's client")
+
+        await asyncio.gather(*(refresh_some() for _ in range(self.concurrency)))
         return report
+
+    async def _refresh_one(self, account_id: str, unused_since: float) -> str:
+        try:
+            source = await self.tokens.keep_alive(account_id, unused_since)
+        except ReauthorizationRequired:
+            return "revoked"
+        except UpstreamUnavailable:
+            return "unavailable"
+        except AccountNotFound:
+            return "deleted"
+        except ProviderRejectedClient:
+            return "rejected_client"
+        return "refreshed" if source is Source.REFRESHED else "already_fresh"
 
     def start(self) -> None:
         self._sweeper.start(every(self.interval, self._sweep_or_log))

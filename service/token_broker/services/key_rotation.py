@@ -1,7 +1,10 @@
 """`token-broker keys rotate`: re-seal every stored secret under the primary key.
 
-Runs in small batches, each its own transaction with its rows locked, so replicas
-keep serving (a refresh holding a row's lock delays its batch, never corrupts it).
+Runs in batches, each its own transaction with its rows locked and its changes
+written in one statement, so replicas keep serving: a refresh locks a row only for
+the milliseconds it takes to lease it or store its result, and stores only what it
+changed (a rotated refresh token), so a batch re-sealing the same row meanwhile is
+never undone with a stale value.
 Only values sealed under another key are rewritten, so an interrupted run resumes
 where it stopped when started again, and a finished run reports zero.
 Every replica must already hold the new primary key (first) and the old ones: the
@@ -13,8 +16,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from token_broker.services.audit import Action, write_audit
@@ -24,7 +28,7 @@ from token_broker.store.models import Account, OAuthState, Replica
 from token_broker.store.repositories import AccountRepository, OAuthStateRepository
 from token_broker.store.sealing import Keyring, SecretColumn
 
-Row = TypeVar("Row")
+Row = TypeVar("Row", bound=tuple[Any, ...])
 
 
 @dataclass
@@ -48,7 +52,7 @@ class ReplicasLackPrimaryKey(Exception):
 
 
 class KeyRotation:
-    def __init__(self, database: Database, keyring: Keyring, *, batch_size: int = 200) -> None:
+    def __init__(self, database: Database, keyring: Keyring, *, batch_size: int = 1000) -> None:
         self.database = database
         self.keyring = keyring
         self.batch_size = batch_size
@@ -84,53 +88,54 @@ class KeyRotation:
         return resealed
 
     async def _accounts(self, report: RotationReport) -> None:
-        async def reseal(session: AsyncSession, account: Account) -> None:
-            refresh = self._reseal(account.refresh_token, Account.REFRESH_TOKEN, account.id, report)
-            access = self._reseal(account.access_token, Account.ACCESS_TOKEN, account.id, report)
-            if (refresh, access) != (account.refresh_token, account.access_token):
-                account.refresh_token, account.access_token = refresh, access
-                await AccountRepository(session).save(account)
+        def reseal(row: sa.Row[str, str | None, str | None]) -> dict[str, Any] | None:
+            refresh = self._reseal(row.refresh_token, Account.REFRESH_TOKEN, row.id, report)
+            access = self._reseal(row.access_token, Account.ACCESS_TOKEN, row.id, report)
+            if (refresh, access) == (row.refresh_token, row.access_token):
+                return None
+            return {"row": row.id, "sealed_refresh": refresh, "sealed_access": access}
 
         await self._in_batches(
-            lambda session, after: AccountRepository(session).batch_after(after, self.batch_size),
+            lambda session, after: AccountRepository(session).sealed_after(after, self.batch_size),
             reseal,
-            lambda account: account.id,
+            lambda session, changes: AccountRepository(session).store_sealed(changes),
             report,
         )
 
     async def _states(self, report: RotationReport) -> None:
-        async def reseal(session: AsyncSession, state: OAuthState) -> None:
+        def reseal(row: sa.Row[str, str]) -> dict[str, Any] | None:
             verifier = self._reseal(
-                state.code_verifier, OAuthState.CODE_VERIFIER, state.state_hash, report
+                row.code_verifier, OAuthState.CODE_VERIFIER, row.state_hash, report
             )
-            if verifier is not None and verifier != state.code_verifier:
-                state.code_verifier = verifier
-                await OAuthStateRepository(session).save(state)
+            if verifier == row.code_verifier:
+                return None
+            return {"row": row.state_hash, "sealed_verifier": verifier}
 
         await self._in_batches(
-            lambda session, after: OAuthStateRepository(session).batch_after(
+            lambda session, after: OAuthStateRepository(session).sealed_after(
                 after, self.batch_size
             ),
             reseal,
-            lambda state: state.state_hash,
+            lambda session, changes: OAuthStateRepository(session).store_sealed(changes),
             report,
         )
 
     async def _in_batches(
         self,
         fetch: Callable[[AsyncSession, str], Awaitable[Sequence[Row]]],
-        reseal: Callable[[AsyncSession, Row], Awaitable[None]],
-        key: Callable[[Row], str],
+        reseal: Callable[[Row], dict[str, Any] | None],
+        store: Callable[[AsyncSession, list[dict[str, Any]]], Awaitable[None]],
         report: RotationReport,
     ) -> None:
-        """Each batch in its own transaction, its rows locked; resumes after the last key."""
+        """Each batch in its own transaction, its rows locked, its changes written in one
+        statement; resumes after the last key (a row's first column)."""
         after = ""
         while True:
             async with self.database.transaction() as session:
                 batch = await fetch(session, after)
-                for row in batch:
-                    report.examined += 1
-                    await reseal(session, row)
+                report.examined += len(batch)
+                changes = [change for row in batch if (change := reseal(row)) is not None]
+                await store(session, changes)
             if len(batch) < self.batch_size:
                 return
-            after = key(batch[-1])
+            after = batch[-1][0]

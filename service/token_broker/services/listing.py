@@ -4,6 +4,11 @@ Pages of 500 (Gmail's maximum; the default 100 costs five times the round trips)
 Each page spends 5 units of the user's Gmail quota (`services/gmail_quota.py`).
 A 401 refreshes the token once and retries that page; rate limits, 5xx and timeouts
 back off exponentially with jitter, honouring Retry-After, within a per-page budget.
+
+A JSON answer must be complete before it is sent, so it is held: each page encoded
+as it arrives (about 50 bytes a message, not the 450 of its dicts), and at most
+TOKEN_BROKER_JSON_LISTING_MAX_MESSAGES of them (`too_many_for_json` past that points
+to NDJSON, which streams any number in flat memory).
 """
 
 from __future__ import annotations
@@ -15,7 +20,12 @@ from dataclasses import dataclass, field
 
 from pydantic import SecretStr
 
-from token_broker.errors import BrokerError, ReauthorizationRequired, ShuttingDown
+from token_broker.errors import (
+    BrokerError,
+    ReauthorizationRequired,
+    ShuttingDown,
+    TooManyForJson,
+)
 from token_broker.google.failures import problem_for
 from token_broker.google.gmail import GmailClient, GmailError, GmailUnauthorized, MessagePage
 from token_broker.google.transport import UpstreamProtocolError
@@ -87,17 +97,24 @@ class Listing:
             self.audit(error.code)
             raise
 
-    async def collect(self, first: MessagePage) -> list[dict[str, str]]:
-        """Every message of the listing in one list (the JSON answer), audited."""
-        messages: list[dict[str, str]] = []
+    async def collect(
+        self, first: MessagePage, encode: Callable[[list[dict[str, str]]], bytes]
+    ) -> list[bytes]:
+        """Every page of the listing, each as `encode` made it (the JSON answer), audited;
+        `TooManyForJson` past the JSON cap."""
+        most = self.service.json_max_messages
+        encoded: list[bytes] = []
         try:
             async for page in self.pages(first):
-                messages.extend(page)
+                if self.progress.count > most:
+                    raise TooManyForJson(max_messages=most)
+                if page:
+                    encoded.append(encode(page))
         except BrokerError as error:
             self.audit(error.code)
             raise
         self.audit("ok")
-        return messages
+        return encoded
 
     async def pages(self, first: MessagePage) -> AsyncIterator[list[dict[str, str]]]:
         """Yield each page's messages, `first` included, until the end or the limit.
@@ -238,6 +255,7 @@ class ListingService:
         self.metrics = metrics
         self.drain = drain
         self.sleep = sleep
+        self.json_max_messages = settings.json_listing_max_messages
         self.backoff = Backoff(
             attempts=settings.gmail_attempts,
             budget=settings.gmail_budget_seconds,

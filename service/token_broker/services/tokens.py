@@ -6,11 +6,11 @@ Lookup order for `GET /v1/accounts/{account}/access-token`:
    seconds left is returned as is;
 2. otherwise one refresh per account per process (single flight): callers that
    arrive while it runs await its result;
-3. across replicas, the refresh runs inside a short Postgres transaction holding the
-   account's row lock (`SELECT ... FOR UPDATE`); after acquiring it the row is read
-   again, and a token another replica stored meanwhile is used instead of refreshing.
-   The new access token (and a rotated refresh token) is stored in that transaction.
-   On SQLite (one process) the in-process single flight is the lock.
+3. across replicas, the refresh runs under the account's lease (`refresh_leases.py`):
+   taken in a short transaction that first reads the row again, so a token another
+   replica stored meanwhile is used instead of refreshing; the provider is called
+   with no transaction open and no connection held; the new access token (and a
+   rotated refresh token) is stored, and the lease cleared, in a second short one.
 
 A token minted after a caller's request started is always good enough for that
 caller, even if the provider's tokens live shorter than `min_ttl`: no refresh loops.
@@ -43,6 +43,7 @@ from token_broker.observability.metrics import Metrics
 from token_broker.services.account_states import PROVIDER, AccountStates
 from token_broker.services.audit import Action, AuditBuffer
 from token_broker.services.reauthorization import ReauthorizationLinks
+from token_broker.services.refresh_leases import Lease, RefreshLeases
 from token_broker.services.token_cache import CachedToken, TokenCache
 from token_broker.services.webhooks import Webhooks
 from token_broker.settings import Settings
@@ -128,8 +129,19 @@ class TokenService:
         self._loads: SingleFlight[str, tuple[str, CachedToken | None]] = SingleFlight(
             "account-load"
         )
+        # Cold loads of many accounts at once (a storm after a restart) queue here, using
+        # at most the pool's steady connections, instead of timing out in the pool's queue.
+        self._loading = asyncio.Semaphore(settings.db_pool_size)
         self._cooldown_until: dict[str, float] = {}
+        self._scope_sets: dict[str, tuple[str, ...]] = {}
         self._revoked: dict[str, str | None] = {}  # account id -> email, for the reauth URL
+        self.leases = RefreshLeases(
+            database,
+            changes,
+            lease_seconds=settings.refresh_lease_seconds,
+            cooldown_seconds=settings.refresh_cooldown_seconds,
+            concurrency=settings.refresh_concurrency,
+        )
         changes.subscribe(self._on_change)
 
     # ------------------------------------------------------------------ public
@@ -251,7 +263,7 @@ class TokenService:
 
     async def _read_account(self, reference: str) -> tuple[str, CachedToken | None]:
         since = self.cache.generation
-        async with self.database.transaction() as session:
+        async with self._loading, self.database.reading() as session:
             account = await AccountRepository(session).resolve(PROVIDER, reference)
         if account is None:
             raise AccountNotFound()
@@ -274,8 +286,16 @@ class TokenService:
             access_token=access_token,
             expires_at=account.access_token_expires_at.timestamp(),
             minted_at=(account.last_refreshed_at or account.updated_at).timestamp(),
-            scopes=tuple(account.scope_list),
+            scopes=self._scopes(account.scopes),
         )
+
+    def _scopes(self, stored: str) -> tuple[str, ...]:
+        """One tuple per distinct set of scopes, shared by every cached token that has it
+        (a third of a cached token's memory otherwise)."""
+        scopes = self._scope_sets.get(stored)
+        if scopes is None:
+            scopes = self._scope_sets[stored] = tuple(stored.split())
+        return scopes
 
     def _reauthorization(self, account_id: str, email: str | None) -> ReauthorizationRequired:
         return ReauthorizationRequired(
@@ -289,10 +309,11 @@ class TokenService:
     async def _refresh(self, request: RefreshRequest) -> tuple[CachedToken, Source]:
         refreshes = self.metrics.refreshes
         try:
-            if self.database.is_postgres:
-                outcome = await self._refresh_under_row_lock(request)
-            else:
-                outcome = await self._refresh_in_process(request)
+            outcome = await self.leases.single_flight(
+                request.account_id,
+                lambda account: self._already_done(account, request),
+                lambda lease: self._refresh_holding(request, lease),
+            )
         except RetriesExhausted as error:
             refreshes.labels("transient", request.trigger).inc()
             cooldown = self.settings.refresh_cooldown_seconds
@@ -309,6 +330,10 @@ class TokenService:
             problem = problem_for(error, "refresh")
             problem.retry_after = max(error.retry_after, math.ceil(cooldown))
             raise problem from None
+        except UpstreamUnavailable as error:
+            # Another replica's refresh failed moments ago: fail fast here too until then.
+            self._cooldown_until[request.account_id] = time.monotonic() + (error.retry_after or 1)
+            raise
         except ProviderRejectedClient:
             refreshes.labels("rejected_client", request.trigger).inc()
             raise
@@ -326,39 +351,22 @@ class TokenService:
         self.cache.put(outcome[0])
         return outcome
 
-    async def _refresh_under_row_lock(self, request: RefreshRequest) -> Outcome:
+    async def _refresh_holding(self, request: RefreshRequest, lease: Lease) -> Outcome:
+        """Call the provider holding the lease (and nothing else), then store the result."""
+        try:
+            async with asyncio.timeout(lease.call_budget()):
+                result = await self._call_token_endpoint(lease.account)
+        except TimeoutError:
+            last = TransientError("the refresh would outlast its lease", kind="timeout")
+            raise RetriesExhausted(last, attempts=1, retry_after=1) from None
         async with self.database.transaction() as session:
-            account = await AccountRepository(session).get_locked(
-                request.account_id, wait_seconds=self.settings.lock_timeout_seconds
-            )
+            account = await self.leases.settle(session, request.account_id, lease)
             if account is None:
-                raise AccountNotFound()
-            ready = self._already_done(account, request)
-            if ready is not None:
-                return ready
-            result = await self._call_token_endpoint(account)
+                raise UpstreamUnavailable(
+                    "This account's refresh took too long and was taken over; retry.",
+                    retry_after=1,
+                )
             return await self._record(session, account, result, request.trigger)
-
-    async def _refresh_in_process(self, request: RefreshRequest) -> Outcome:
-        # SQLite: one process, and the single flight already serialises this account.
-        # Holding a SQLite transaction across the upstream call would block other writers.
-        account = await self._load_by_id(request.account_id)
-        ready = self._already_done(account, request)
-        if ready is not None:
-            return ready
-        result = await self._call_token_endpoint(account)
-        async with self.database.transaction() as session:
-            current = await AccountRepository(session).get(request.account_id)
-            if current is None:
-                raise AccountNotFound()
-            return await self._record(session, current, result, request.trigger)
-
-    async def _load_by_id(self, account_id: str) -> Account:
-        async with self.database.transaction() as session:
-            account = await AccountRepository(session).get(account_id)
-        if account is None:
-            raise AccountNotFound()
-        return account
 
     def _already_done(self, account: Account, request: RefreshRequest) -> Outcome | None:
         if account.status == AccountStatus.REVOKED:
@@ -414,6 +422,6 @@ class TokenService:
             access_token=result.access_token,
             expires_at=result.expires_at.timestamp(),
             minted_at=result.received_at.timestamp(),
-            scopes=tuple(account.scope_list),
+            scopes=self._scopes(account.scopes),
         )
         return token, Source.REFRESHED

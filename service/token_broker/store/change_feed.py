@@ -1,4 +1,5 @@
-"""Telling every replica that an account or an API client changed, so caches drop it at once.
+"""Telling every replica that an account or an API client changed, so caches drop it at once,
+and that an account's refresh lease was released, so replicas waiting on it look again.
 
 In-process subscribers are called directly. On Postgres the change is also sent
 with NOTIFY inside the transaction that made it (so it is delivered only if that
@@ -23,7 +24,8 @@ from token_broker.kit.background import Background
 log = logging.getLogger("token_broker.events")
 
 CHANNEL = "token_broker_events"
-Kind = Literal["account", "client"]
+Kind = Literal["account", "client", "lease"]
+KINDS = ("account", "client", "lease")
 Subscriber = Callable[[Kind, str | None], None]
 
 
@@ -49,7 +51,7 @@ class ChangeFeed:
     def _on_notification(self, *args: Any) -> None:
         message = str(args[-1])
         kind, _, identifier = message.partition(":")
-        if kind in ("account", "client") and identifier:
+        if kind in KINDS and identifier:
             self.changed(kind, identifier)  # type: ignore[arg-type]
 
     def listen(self, database_url: str) -> None:

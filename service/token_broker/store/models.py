@@ -60,6 +60,11 @@ def normalize_email(email: str) -> str:
 
 
 class Account(SQLModel, table=True):
+    """A connected account. `refresh_lease_*` is the fleet-wide refresh single flight:
+    a replica that refreshes holds the lease (its id, until when) while it calls the
+    provider, outside any transaction; a lease with no holder is the cool-down after a
+    failed refresh (see `services/tokens.py`)."""
+
     __tablename__ = "accounts"
     __table_args__ = (
         sa.UniqueConstraint("provider", "subject", name="uq_accounts_provider_subject"),
@@ -70,6 +75,15 @@ class Account(SQLModel, table=True):
             "email",
             postgresql_where=sa.text("email_verified"),
             sqlite_where=sa.text("email_verified"),
+        ),
+        # The keyset walk of GET /v1/accounts, with and without a status filter.
+        sa.Index("ix_accounts_created_at_id", "created_at", "id"),
+        sa.Index("ix_accounts_status_created_at_id", "status", "created_at", "id"),
+        # The keep-alive sweep: active accounts by when their refresh token was last used.
+        sa.Index(
+            "ix_accounts_status_last_used",
+            "status",
+            sa.func.coalesce(sa.column("last_refreshed_at"), sa.column("created_at")),
         ),
     )
 
@@ -83,7 +97,7 @@ class Account(SQLModel, table=True):
     email: str | None = Field(default=None, max_length=320, index=True)
     email_verified: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
     scopes: str = Field(default="", sa_type=sa.Text)
-    status: str = Field(default=AccountStatus.ACTIVE, max_length=16, index=True)
+    status: str = Field(default=AccountStatus.ACTIVE, max_length=16)
     refresh_token: str | None = Field(default=None, sa_type=sa.Text)
     access_token: str | None = Field(default=None, sa_type=sa.Text)
     access_token_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -91,6 +105,8 @@ class Account(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UTCDateTime)
     last_refreshed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_refresh_error: str | None = Field(default=None, max_length=64)
+    refresh_lease_id: str | None = Field(default=None, max_length=36)
+    refresh_lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
     @property
     def scope_list(self) -> list[str]:

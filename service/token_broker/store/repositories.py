@@ -19,12 +19,17 @@ from token_broker.store.models import (
     Authorization,
     OAuthState,
     Replica,
+    UTCDateTime,
     WebhookDelivery,
     normalize_email,
 )
 
 # An `ambiguous_account` problem lists at most this many subjects.
 MAX_SUBJECTS_LISTED = 20
+
+# The database's clock (transaction time on Postgres): leases shared by replicas are
+# compared against this one clock, never against each replica's own.
+DATABASE_NOW = sa.type_coerce(sa.func.now(), UTCDateTime())
 
 
 class ApiClientRepository:
@@ -86,17 +91,33 @@ class AccountRepository:
         result = await self.session.exec(statement.execution_options(populate_existing=True))
         return result.first()
 
-    async def get_locked(self, account_id: str, *, wait_seconds: float) -> Account | None:
-        """The account with its row locked, waiting at most `wait_seconds` for another holder.
+    async def with_clock(
+        self, account_id: str, *, lock: bool = False
+    ) -> tuple[Account, datetime] | None:
+        """The account and the database's clock; with `lock`, the row locked for update.
 
-        Past the wait Postgres raises a lock timeout, which callers see as a database
-        outage to retry (503), not a hang.
+        A wait for another holder of the lock is bounded by the connection's lock timeout
+        (TOKEN_BROKER_LOCK_TIMEOUT_SECONDS, `store/database.py`): past it callers see a
+        database outage to retry (503), never a hang. SQLite ignores FOR UPDATE (one
+        writer at a time anyway).
         """
+        statement = select(Account, DATABASE_NOW).where(Account.id == account_id)
+        if lock:
+            statement = statement.with_for_update()
+        result = await self.session.exec(statement.execution_options(populate_existing=True))
+        row = result.first()
+        return None if row is None else (row[0], row[1])
+
+    async def set_lease(self, account: Account, lease_id: str, until: datetime) -> None:
+        """Give `account` (read by this session) a refresh lease: one UPDATE, no flush."""
+        self.session.expunge(account)
+        account.refresh_lease_id, account.refresh_lease_until = lease_id, until
         connection = await self.session.connection()
-        if is_postgres(connection.dialect):
-            timeout_ms = max(1, int(wait_seconds * 1000))
-            await connection.execute(sa.text(f"SET LOCAL lock_timeout = {timeout_ms}"))
-        return await self.get(account_id, for_update=True)
+        await connection.execute(
+            sa.update(Account)
+            .where(col(Account.id) == account.id)
+            .values(refresh_lease_id=lease_id, refresh_lease_until=until)
+        )
 
     async def by_subject(self, provider: str, subject: str) -> Account | None:
         result = await self.session.exec(
@@ -150,12 +171,10 @@ class AccountRepository:
         if status is not None:
             statement = statement.where(Account.status == status)
         if after is not None:
-            created_at, account_id = after
+            # A row comparison, which both databases answer from the (created_at, id)
+            # index: every page costs the same, however deep into the walk.
             statement = statement.where(
-                sa.or_(
-                    col(Account.created_at) > created_at,
-                    sa.and_(col(Account.created_at) == created_at, col(Account.id) > account_id),
-                )
+                sa.tuple_(col(Account.created_at), col(Account.id)) > sa.tuple_(*after)
             )
         statement = statement.order_by(col(Account.created_at), col(Account.id)).limit(limit)
         return (await self.session.exec(statement)).all()
@@ -181,17 +200,35 @@ class AccountRepository:
         )
         return {status: int(count) for status, count in result.all()}
 
-    async def batch_after(self, account_id: str, limit: int) -> Sequence[Account]:
-        """The next `limit` accounts by id, locked for update (key rotation)."""
-        result = await self.session.exec(
-            select(Account)
+    async def sealed_after(
+        self, account_id: str, limit: int
+    ) -> Sequence[sa.Row[str, str | None, str | None]]:
+        """The next `limit` accounts' (id, refresh_token, access_token) by id, locked for
+        update (key rotation)."""
+        connection = await self.session.connection()
+        result = await connection.execute(
+            sa.select(col(Account.id), col(Account.refresh_token), col(Account.access_token))
             .where(col(Account.id) > account_id)
             .order_by(col(Account.id))
             .limit(limit)
             .with_for_update()
-            .execution_options(populate_existing=True)
         )
         return result.all()
+
+    async def store_sealed(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Write re-sealed secrets, `{"row", "sealed_refresh", "sealed_access"}` each, in
+        one statement executed for all of them."""
+        if rows:
+            connection = await self.session.connection()
+            await connection.execute(
+                sa.update(Account)
+                .where(col(Account.id) == sa.bindparam("row"))
+                .values(
+                    refresh_token=sa.bindparam("sealed_refresh"),
+                    access_token=sa.bindparam("sealed_access"),
+                ),
+                list(rows),
+            )
 
     async def delete(self, account: Account) -> None:
         await self.session.delete(account)
@@ -232,9 +269,11 @@ class OAuthStateRepository:
         row = (await connection.execute(statement)).mappings().first()
         return OAuthState.model_validate(dict(row)) if row is not None else None
 
-    async def batch_after(self, state_hash: str, limit: int) -> Sequence[OAuthState]:
-        result = await self.session.exec(
-            select(OAuthState)
+    async def sealed_after(self, state_hash: str, limit: int) -> Sequence[sa.Row[str, str]]:
+        """The next `limit` states' (state_hash, code_verifier), locked (key rotation)."""
+        connection = await self.session.connection()
+        result = await connection.execute(
+            sa.select(col(OAuthState.state_hash), col(OAuthState.code_verifier))
             .where(col(OAuthState.state_hash) > state_hash)
             .order_by(col(OAuthState.state_hash))
             .limit(limit)
@@ -242,9 +281,16 @@ class OAuthStateRepository:
         )
         return result.all()
 
-    async def save(self, state: OAuthState) -> None:
-        self.session.add(state)
-        await self.session.flush()
+    async def store_sealed(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Write re-sealed verifiers, `{"row", "sealed_verifier"}` each, in one statement."""
+        if rows:
+            connection = await self.session.connection()
+            await connection.execute(
+                sa.update(OAuthState)
+                .where(col(OAuthState.state_hash) == sa.bindparam("row"))
+                .values(code_verifier=sa.bindparam("sealed_verifier")),
+                list(rows),
+            )
 
     async def purge_expired(self, before: datetime) -> int:
         connection = await self.session.connection()

@@ -1,8 +1,7 @@
-"""Prometheus metrics for operators."""
+"""Prometheus metrics for operators. A scrape renders; it never queries the database
+(database-backed gauges are refreshed on a timer: `services/account_gauges.py`)."""
 
 from __future__ import annotations
-
-import logging
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -10,7 +9,6 @@ from fastapi.responses import Response
 from token_broker.observability.metrics import CONTENT_TYPE
 from token_broker.web.dependencies import State
 
-log = logging.getLogger("token_broker.metrics")
 router = APIRouter(tags=["health"])
 
 
@@ -21,11 +19,4 @@ router = APIRouter(tags=["health"])
     responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}},
 )
 async def metrics(state: State) -> Response:
-    try:
-        counts = await state.accounts.count_by_status()
-        for status in ("active", "revoked"):
-            state.metrics.accounts.labels(status).set(counts.get(status, 0))
-    except Exception as error:
-        # Metrics must answer while the database is down; the gauge keeps its last value.
-        log.debug("account counts unavailable for metrics (%s)", type(error).__name__)
     return Response(state.metrics.render(), media_type=CONTENT_TYPE)
