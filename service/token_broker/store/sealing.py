@@ -18,10 +18,13 @@ import secrets
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import SecretStr
 
 from token_broker.kit.clock import utcnow
+from token_broker.kit.signed_tokens import TokenSigner
 from token_broker.settings import ConfigurationError, Settings, env_name
 
 log = logging.getLogger("token_broker.sealing")
@@ -29,6 +32,7 @@ log = logging.getLogger("token_broker.sealing")
 FORMAT_VERSION = "tb1"
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 _NONCE_BYTES = 12
+_SIGNING_INFO = b"token-broker signed tokens v1"
 
 
 class KeyringError(Exception):
@@ -53,12 +57,13 @@ class SecretColumn:
 class Keyring:
     """AES-256-GCM keys by id. The first key is primary: it seals; every key opens."""
 
-    __slots__ = ("_ciphers", "primary_kid")
+    __slots__ = ("_ciphers", "_signing", "primary_kid")
 
     def __init__(self, keys: list[tuple[str, bytes]]) -> None:
         if not keys:
             raise KeyringError("the keyring is empty; expected at least one kid:base64key")
         self._ciphers: dict[str, AESGCM] = {}
+        self._signing: dict[str, bytes] = {}
         for kid, key in keys:
             if not _KEY_ID.match(kid):
                 raise KeyringError(
@@ -70,6 +75,10 @@ class Keyring:
                 raise KeyringError(f"key {kid!r} is {len(key)} bytes; expected 32 (AES-256)")
             # One AESGCM object per key: building it per call triples the cost of a decrypt.
             self._ciphers[kid] = AESGCM(key)
+            # A separate key for signing tokens, derived so it never doubles as the AES key.
+            self._signing[kid] = HKDF(
+                algorithm=hashes.SHA256(), length=32, salt=None, info=_SIGNING_INFO
+            ).derive(key)
         self.primary_kid = keys[0][0]
 
     def __repr__(self) -> str:
@@ -78,6 +87,10 @@ class Keyring:
     @property
     def key_ids(self) -> list[str]:
         return list(self._ciphers)
+
+    def token_signer(self) -> TokenSigner:
+        """Signs cursors and other tokens callers give back, with keys from this keyring."""
+        return TokenSigner(self._signing, self.primary_kid)
 
     @classmethod
     def parse(cls, spec: str) -> Keyring:
