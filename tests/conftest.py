@@ -6,7 +6,8 @@
 - `support/provider.py`: the sandbox as a real server, and a broker wired to it;
 - `support/flow.py`, `processes.py`, `servers.py`, `google_fakes.py`, `polling.py`:
   the connect flow as a browser drives it, brokers as processes, real servers,
-  Google's answers, and waiting with a deadline.
+  Google's answers, and waiting with a deadline;
+- `support/push.py`: the sandbox's Pub/Sub pushing into a broker, and a webhook receiver.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ pytest_plugins = [
     "tests.support.brokers",
     "tests.support.provider",
     "tests.support.redis_server",
+    "tests.support.push",
 ]
 
 

@@ -23,7 +23,9 @@ from starlette.types import ASGIApp
 
 from token_broker.google.gmail import GmailClient
 from token_broker.google.gmail_details import GmailMessages
+from token_broker.google.gmail_sync import GmailSync
 from token_broker.google.oauth import OAuthClient
+from token_broker.google.push_tokens import PushTokens
 from token_broker.google.transport import Upstream
 from token_broker.kit.drain import Drain
 from token_broker.kit.rate_limit import RateLimiter
@@ -36,9 +38,13 @@ from token_broker.services.audit import AuditBuffer
 from token_broker.services.authorizations import AuthorizationService
 from token_broker.services.connect import ConnectService
 from token_broker.services.details import MessageDetailsService
+from token_broker.services.gmail_push import PushReceiver
 from token_broker.services.gmail_quota import GmailQuota
 from token_broker.services.keepalive import KeepAlive
 from token_broker.services.listing import ListingService
+from token_broker.services.mailbox_changes import ChangesService
+from token_broker.services.mailbox_notices import MailboxNotices
+from token_broker.services.mailbox_watches import WatchKeeper
 from token_broker.services.readiness import Readiness
 from token_broker.services.reauthorization import ReauthorizationLinks
 from token_broker.services.tokens import TokenService
@@ -58,6 +64,8 @@ from token_broker.web.problems import (
 from token_broker.web.request_context import RequestContextMiddleware
 from token_broker.web.request_limits import RequestLimits
 from token_broker.web.routers import accounts, health, message_details, messages, oauth, tokens
+from token_broker.web.routers import changes as changes_router
+from token_broker.web.routers import gmail_push as gmail_push_router
 from token_broker.web.routers import metrics as metrics_router
 from token_broker.web.token_bodies import TokenBodies
 from token_broker.web.token_fast_path import TokenFastPath
@@ -91,6 +99,9 @@ class Components:
     details: MessageDetailsService
     gmail_quota: GmailQuota
     keepalive: KeepAlive
+    mailbox_changes: ChangesService | None = None
+    watches: WatchKeeper | None = None  # with TOKEN_BROKER_GMAIL_PUSH_TOPIC only
+    notices: MailboxNotices | None = None
 
 
 def build_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -210,6 +221,31 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
                 listing=listing,
                 settings=settings,
             )
+            gmail_sync = GmailSync(upstream, settings.gmail_api_base)
+            mailbox_changes = ChangesService(
+                gmail=gmail_sync, details=details, signer=keyring.token_signer(), audit=audit,
+                drain=drain,
+            )  # fmt: skip
+            notices = watches = push = None
+            if settings.gmail_push_enabled:
+                assert settings.gmail_push_audience
+                assert settings.gmail_push_service_account
+                notices = MailboxNotices(database, webhooks, mailbox_changes, settings, metrics)
+                notices.start()
+                stack.push_async_callback(notices.stop)
+                watches = WatchKeeper(
+                    database=database, gmail=gmail_sync, changes=mailbox_changes,
+                    notices=notices, feed=changes, settings=settings, metrics=metrics,
+                )  # fmt: skip
+                watches.start()
+                stack.push_async_callback(watches.stop_background)
+                push_tokens = PushTokens(
+                    oauth_client,
+                    audience=settings.gmail_push_audience,
+                    service_account=settings.gmail_push_service_account,
+                    leeway_seconds=settings.id_token_leeway_seconds,
+                )
+                push = PushReceiver(database, push_tokens, notices, metrics)
             app.state.broker = Components(
                 settings=settings,
                 database=database,
@@ -222,13 +258,20 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
                 details=details,
                 gmail_quota=gmail_quota,
                 keepalive=keepalive,
+                mailbox_changes=mailbox_changes,
+                watches=watches,
+                notices=notices,
             )
             app.state.web = WebState(
                 authenticator=authenticator,
                 authorizations=authorizations,
                 connect=connect,
                 accounts=AccountService(
-                    database, account_states=account_states, oauth=oauth_client, changes=changes
+                    database,
+                    account_states=account_states,
+                    oauth=oauth_client,
+                    changes=changes,
+                    watches=watches,
                 ),
                 tokens=tokens,
                 listing=listing,
@@ -243,6 +286,9 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
                 metrics=metrics,
                 token_bodies=TokenBodies(),
                 default_min_ttl=settings.default_min_ttl_seconds,
+                changes=mailbox_changes,
+                push=push,
+                watches=watches,
             )
             # Everything built so far lives as long as the process: keep it out of the
             # cyclic collector's full passes, which otherwise stall the loop for tens
@@ -278,6 +324,8 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
     app.include_router(tokens.router)
     app.include_router(messages.router)
     app.include_router(message_details.router)
+    app.include_router(changes_router.router)
+    app.include_router(gmail_push_router.router)
     if settings.metrics_enabled:
         app.include_router(metrics_router.router)
     for prefix, mounted in (mounts or {}).items():

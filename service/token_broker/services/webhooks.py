@@ -1,5 +1,6 @@
 """Account notifications: a signed POST to the operator's webhook when an account turns
-revoked, or active again.
+revoked, or active again, and when its mailbox changed (`mailbox.changed`, from Gmail's
+push or the fallback check: `services/mailbox_notices.py`).
 
 Events are written to the `webhook_deliveries` outbox in the same transaction as the
 change, then a background dispatcher on every replica leases due rows one at a time
@@ -41,7 +42,7 @@ from token_broker.store.repositories import WebhookRepository
 log = logging.getLogger("token_broker.webhooks")
 
 SIGNATURE_HEADER = "Token-Broker-Signature"
-EventType = Literal["account.revoked", "account.reactivated"]
+EventType = Literal["account.revoked", "account.reactivated", "mailbox.changed"]
 LEASE = timedelta(seconds=60)
 
 
@@ -84,6 +85,19 @@ class Webhooks:
         self, session: AsyncSession, event_type: EventType, account: Account, reason: str | None
     ) -> None:
         """Queue a notification inside the caller's transaction (no-op when disabled)."""
+        await self._queue(session, event_type, account, {"reason": reason})
+
+    async def mailbox_changed(
+        self, session: AsyncSession, account: Account, *, history_id: str, trigger: str
+    ) -> None:
+        """Queue `mailbox.changed`: the mailbox changed up to Gmail history id `history_id`."""
+        await self._queue(
+            session, "mailbox.changed", account, {"history_id": history_id, "trigger": trigger}
+        )
+
+    async def _queue(
+        self, session: AsyncSession, event_type: EventType, account: Account, extra: dict[str, Any]
+    ) -> None:
         if not self.enabled:
             return
         now = utcnow()
@@ -98,7 +112,7 @@ class Webhooks:
                 "email": account.email,
                 "status": account.status,
             },
-            "reason": reason,
+            **extra,
         }
         await WebhookRepository(session).add(
             WebhookDelivery(

@@ -25,6 +25,10 @@ async def metrics(state: State) -> Response:
         counts = await state.accounts.count_by_status()
         for status in ("active", "revoked"):
             state.metrics.accounts.labels(status).set(counts.get(status, 0))
+        if state.watches is not None:
+            watches = await state.watches.counts()
+            for name in ("active", "pending", "stopped", "expiring"):
+                state.metrics.gmail_watches.labels(name).set(watches.get(name, 0))
     except Exception as error:
         # Metrics must answer while the database is down; the gauge keeps its last value.
         log.debug("account counts unavailable for metrics (%s)", type(error).__name__)
