@@ -267,7 +267,13 @@ class PubSub:
             )  # fmt: skip
         authorization = notification.authorization
         if fresh_token or not authorization:
-            authorization = "Bearer " + self.mint_token(self.config.effective_audience)
+            audience, now = self.config.effective_audience, time.time()
+            fresh = "Bearer " + self.mint_token(audience, issued_at=now)
+            if fresh == authorization:
+                # Tokens carry whole seconds: one minted in the same second as the old one
+                # would be the same bytes. Pub/Sub's next token is a later one.
+                fresh = "Bearer " + self.mint_token(audience, issued_at=now + 1)
+            authorization = fresh
         return await self.post(notification.body, authorization)
 
     async def aclose(self) -> None:
