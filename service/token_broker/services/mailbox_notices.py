@@ -15,8 +15,9 @@ the leading replica (`services/mailbox_watches.py` runs the sweep): one history.
 record after the last history id sent (2 units). If there is one, the webhook goes
 out at once (`trigger: fallback`); history gone (404) also sends one, so consumers
 find their cursor expired and list again. Since sweeps run every tenth of that time
-and look a tenth early, a change nobody pushed is announced within the configured
-time of the last thing the broker heard, and so of the change.
+and look two tenths early, a change nobody pushed is found within the configured
+time of the last thing the broker heard, and so of the change; the webhook follows
+as soon as the outbox sends it.
 """
 
 from __future__ import annotations
@@ -158,7 +159,8 @@ class MailboxNotices:
         """Check every watched mailbox quiet for about the fallback time (leader only)."""
         outcomes: Counter[str] = Counter()
         now = utcnow()
-        heard_before = now - timedelta(seconds=self.quiet_after - self.sweep_every)
+        # Two ticks early: a sweep starts a tick after the last one ended, not on the dot.
+        heard_before = now - timedelta(seconds=self.quiet_after - 2 * self.sweep_every)
         async with self.database.transaction() as session:
             watches = MailboxWatchRepository(session)
             quiet = await watches.quiet(heard_before, 10 * BATCH)
