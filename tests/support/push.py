@@ -53,15 +53,21 @@ def push_settings(webhook_url: str, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def pushing(live: Live) -> Live:
-    """The sandbox's Pub/Sub pushes into the broker (over ASGI), alice connected and watched."""
+async def pushing(live: Live) -> AsyncIterator[Live]:
+    """The sandbox's Pub/Sub pushes into the broker (over ASGI), alice connected and watched.
+
+    Every push token it sent is registered as a secret: none may reach a log.
+    """
     pubsub = live.provider.state.pubsub
     pubsub.transport = httpx.ASGITransport(app=live.broker.app)
     pubsub.config.push_endpoint = ENDPOINT
     live.provider.state.add_user(ALICE, mailbox_size=20)
     assert (await live.connect(ALICE)).status_code == 200
     await eventually(lambda: watch_of(live))
-    return live
+    yield live
+    for notification in pubsub.log:
+        if notification.authorization:
+            register_secret(notification.authorization.removeprefix("Bearer "))
 
 
 async def watch_of(live: Live, status: str = "active") -> MailboxWatch | None:
