@@ -78,7 +78,7 @@ it exchanges the authorization code once, keeps each account's refresh token
 encrypted, and hands internal services fresh access tokens and complete Gmail
 message listings.
 
-Every `/v1` endpoint except the OAuth callback takes an API key as
+Every `/v1` endpoint except the OAuth callback and the Gmail push endpoint takes an API key as
 `Authorization: Bearer tbk_...`. Every error is `application/problem+json`
 (RFC 9457) with a stable `code`.
 """

@@ -4,7 +4,8 @@ Google's facts behind this module:
 
 - usage limits (https://developers.google.com/gmail/api/reference/quota): every
   method costs quota units, `messages.list` 5, `messages.get` 5, `history.list`
-  2, `getProfile` 1 (`watch` 100, `stop` 50), against a per-user limit a minute;
+  2, `getProfile` 1 (`watch` 100 and `stop` 50 as other projects' tables give them),
+  against a per-user limit a minute;
 - batching (https://developers.google.com/gmail/api/guides/batch): up to 100 calls
   in one `multipart/mixed` POST to `/batch/gmail/v1`, each part an
   `application/http` request holding only the URL's path; the outer request's
@@ -53,7 +54,8 @@ QUOTA_UNITS: dict[GmailMethod, int] = {
     "messages.get": 5,
     "history.list": 2,
     "getProfile": 1,
-    # watch and stop as public quota tables list them (Google's page lists them too).
+    # watch and stop as public code's quota tables give them; the excerpts of Google's
+    # page at hand stopped short of these rows.
     "watch": 100,
     "stop": 50,
 }

@@ -87,7 +87,7 @@ class AccountService:
         the account and its secrets."""
         account = await self.get(reference)
         if self.watches is not None and account.status == AccountStatus.ACTIVE:
-            await self.watches.stop(account.subject)
+            await self.watches.stop_watch(account.subject)
         upstream_revoked = False
         token = self.account_states.refresh_token(account)
         if token is not None:

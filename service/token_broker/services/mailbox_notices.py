@@ -176,7 +176,11 @@ class MailboxNotices:
         async def check(account_id: str, since: str | None) -> None:
             async with gate:
                 account = accounts.get(account_id)
-                outcome = await self._check(account, since) if account else "failed"
+                try:
+                    outcome = await self._check(account, since) if account else "unchanged"
+                except Exception:
+                    log.warning("a fallback check failed", exc_info=True)
+                    outcome = "failed"
                 outcomes[outcome] += 1
                 self.metrics.gmail_fallback_checks.labels(outcome).inc()
 

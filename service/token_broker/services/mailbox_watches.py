@@ -168,7 +168,12 @@ class WatchKeeper:
 
         async def one(watch: MailboxWatch) -> Renewal:
             async with gate:
-                return await self._renew(watch.account_id)
+                try:
+                    return await self._renew(watch.account_id)
+                except Exception:
+                    # The claim's lease runs out and the next sweep tries again.
+                    log.warning("renewing a watch failed", exc_info=True)
+                    return Renewal(watch.account_id, "failed", error="internal_error")
 
         return list(await asyncio.gather(*(one(watch) for watch in claimed)))
 
@@ -257,7 +262,7 @@ class WatchKeeper:
 
     # ------------------------------------------------------------------ deletion
 
-    async def stop(self, subject: str) -> bool:
+    async def stop_watch(self, subject: str) -> bool:
         """users.stop for an account about to be deleted; False if Gmail did not confirm."""
 
         async def call() -> None:
