@@ -38,6 +38,12 @@ class Problem(BaseModel):
     label_id: str | None = Field(
         default=None, description="`unknown_label`: the labelIds value Gmail does not know."
     )
+    cursor: str | None = Field(
+        default=None, description="`cursor_expired`: a fresh starting point for changes."
+    )
+    history_id: str | None = Field(
+        default=None, description="`cursor_expired`: the Gmail history id `cursor` starts at."
+    )
     errors: list[dict[str, Any]] | None = Field(
         default=None, description="Validation errors: location and message."
     )
