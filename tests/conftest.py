@@ -8,6 +8,7 @@
 - `support/flow.py`, `processes.py`, `dev.py`, `servers.py`, `google_fakes.py`,
   `polling.py`: the connect flow as a browser drives it, brokers and dev mode as
   processes, real servers, Google's answers, and waiting with a deadline.
+- `support/push.py`: the sandbox's Pub/Sub pushing into a broker, and a webhook receiver.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ pytest_plugins = [
     "tests.support.provider",
     "tests.support.redis_server",
     "tests.support.browser",
+    "tests.support.push",
 ]
 
 

@@ -170,3 +170,42 @@ def test_secrets_do_not_appear_in_repr_or_errors(
     with pytest.raises(ConfigurationError) as raised:
         load_settings()
     assert "GOCSPX-leak" not in str(raised.value)
+
+
+PUSH = {
+    "gmail_push_topic": "projects/broker-project/topics/gmail",
+    "gmail_push_audience": "https://broker.example/v1/gmail/push",
+    "gmail_push_service_account": "push@broker-project.iam.gserviceaccount.com",
+    "webhook_url": "https://hooks.example/broker",
+    "webhook_secret": "whsec",
+}
+
+
+def test_push_needs_its_authentication_and_a_webhook() -> None:
+    assert load_settings(**PUSH).gmail_push_enabled
+    assert not load_settings().gmail_push_enabled
+    for missing, named in (
+        ("gmail_push_audience", "TOKEN_BROKER_GMAIL_PUSH_AUDIENCE"),
+        ("gmail_push_service_account", "TOKEN_BROKER_GMAIL_PUSH_SERVICE_ACCOUNT"),
+        ("webhook_url", "TOKEN_BROKER_WEBHOOK_URL"),
+    ):
+        with pytest.raises(ConfigurationError) as caught:
+            load_settings(**{k: v for k, v in PUSH.items() if k != missing})
+        assert named in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("gmail_push_topic", "my-topic"),
+        ("gmail_push_topic", "projects/Bad_Project/topics/gmail"),
+        ("gmail_push_service_account", "not-an-email"),
+        ("gmail_push_coalesce_seconds", "-1"),
+        ("gmail_push_fallback_seconds", "0"),
+        ("gmail_watch_renewals_per_minute", "0"),
+    ],
+)
+def test_push_settings_are_validated(name: str, value: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(**{**PUSH, name: value})
+    assert f"TOKEN_BROKER_{name.upper()}" in str(caught.value)

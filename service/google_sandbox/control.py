@@ -13,7 +13,8 @@ from google_sandbox.state import FaultKind, FaultRule, SandboxState
 class FaultSpec(BaseModel):
     endpoint: str = Field(
         description="An endpoint name (token, revoke, userinfo, jwks, authorize, "
-        'gmail.messages.list, gmail.messages.get, gmail.batch) or "*". Faults on '
+        "gmail.messages.list, gmail.messages.get, gmail.batch, gmail.history.list, "
+        'gmail.getProfile, gmail.watch, gmail.stop) or "*". Faults on '
         "gmail.messages.get also hit the calls inside a batch (all but latency).",
     )
     kind: FaultKind = "status"
@@ -32,6 +33,9 @@ class SandboxSettings(BaseModel):
     access_token_lifetime: int | None = Field(default=None, ge=1)
     rotate_refresh_tokens: bool | None = None
     code_ttl: int | None = Field(default=None, ge=1)
+    history_retention_seconds: float | None = Field(
+        default=None, gt=0, description="How long Gmail keeps history records (a week)."
+    )
 
 
 class SeedSpec(BaseModel):
@@ -103,6 +107,7 @@ def control_router(state: SandboxState) -> APIRouter:
             "access_token_lifetime": state.access_token_lifetime,
             "rotate_refresh_tokens": state.rotate_refresh_tokens,
             "code_ttl": state.code_ttl,
+            "history_retention_seconds": state.history_retention_seconds,
         }
 
     @router.post(

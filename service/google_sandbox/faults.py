@@ -12,6 +12,12 @@ from google_sandbox.oauth import AUTHORIZE_PATH
 from google_sandbox.state import FaultRule, SandboxState
 
 BATCH_PART = "sandbox.batch_part"  # scope key: a call dispatched from a batch request
+_SYNC_ENDPOINTS: dict[tuple[str, ...], str] = {
+    ("history",): "gmail.history.list",
+    ("profile",): "gmail.getProfile",
+    ("watch",): "gmail.watch",
+    ("stop",): "gmail.stop",
+}
 
 
 def endpoint_of(path: str) -> str | None:
@@ -31,7 +37,7 @@ def endpoint_of(path: str) -> str | None:
             return "gmail.messages.list"
         if len(resource) == 2 and resource[0] == "messages":
             return "gmail.messages.get"
-        return None
+        return _SYNC_ENDPOINTS.get(tuple(resource))
     if path == "/batch/gmail/v1":
         return "gmail.batch"
     return None

@@ -85,8 +85,9 @@ def gmail_router(state: SandboxState) -> APIRouter:
         key = json.dumps(
             [owner.email, owner.mailbox_size, q, sorted(label_ids), include_spam_trash]
         )
+        # Page tokens stay good while the mailbox changes, as Gmail's do; results do not.
         matches = state.searches.get(
-            key,
+            f"{key}#{owner.mailbox_version}",
             lambda: [
                 m for m in owner.mailbox if compile_query(q, label_ids, include_spam_trash)(m)
             ],

@@ -65,6 +65,7 @@ class Message:
     snippet: str
     labels: frozenset[str]
     internal_date: int
+    history_id: int | None = None  # the last history record that changed it (history.py)
 
     def as_list_entry(self) -> dict[str, str]:
         return {"id": self.id, "threadId": self.thread_id}

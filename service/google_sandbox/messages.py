@@ -200,7 +200,8 @@ def message_resource(
     resource["sizeEstimate"] = len(raw)
     if message_format == "raw":
         resource["raw"] = _b64url(raw)
-    resource["historyId"] = str(1_000_000 + int(message.id[-7:], 16) % 9_000_000)
+    seeded_history_id = 1_000_000 + int(message.id[-7:], 16) % 9_000_000
+    resource["historyId"] = str(message.history_id or seeded_history_id)
     resource["internalDate"] = str(message.internal_date * 1000)
     return resource
 

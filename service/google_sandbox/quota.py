@@ -37,6 +37,9 @@ UNIT_COSTS = {
     "gmail.messages.get": 5,
     "gmail.history.list": 2,
     "gmail.getProfile": 1,
+    # Not in the excerpts of Google's table at hand; as public quota tables list them.
+    "gmail.watch": 100,
+    "gmail.stop": 50,
 }
 CONCURRENCY_MESSAGE = "Too many concurrent requests for user."
 RATE_MESSAGE_429 = (

@@ -10,12 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from google_sandbox.history import DEFAULT_RETENTION_SECONDS, MailboxHistory
 from google_sandbox.keys import SigningKeys
 from google_sandbox.mailbox import Message, PageTokens, SearchCache, generate_mailbox
+from google_sandbox.pubsub import PubSub
 from google_sandbox.quota import GmailQuota
 from google_sandbox.scopes import granted_names
 
 DEFAULT_MAILBOX_SIZE = 1200
+GOOGLE_ISSUER = "https://accounts.google.com"
 
 
 def _random(prefix: str, length: int = 48) -> str:
@@ -52,6 +55,20 @@ class SandboxUser:
     _mailbox: list[Message] | None = None
     _index: dict[str, Message] | None = None
     deleted: set[str] = field(default_factory=set)
+    _seeded: list[Message] | None = None
+    _history: MailboxHistory | None = None
+    _built_for: tuple[int, int] = (-1, -1)  # (mailbox size, history version) of _mailbox
+
+    @property
+    def history(self) -> MailboxHistory:
+        """The mailbox's changes and history records (history.py), made on first use."""
+        if self._history is None:
+            self._history = MailboxHistory(self.email)
+        return self._history
+
+    @property
+    def mailbox_version(self) -> int:
+        return self._history.version if self._history is not None else 0
 
     @property
     def claimed_email(self) -> str:
@@ -59,9 +76,14 @@ class SandboxUser:
 
     @property
     def mailbox(self) -> list[Message]:
-        if self._mailbox is None or len(self._mailbox) != self.mailbox_size:
-            self._mailbox = generate_mailbox(self.email, self.mailbox_size)
+        built_for = (self.mailbox_size, self.mailbox_version)
+        if self._mailbox is None or self._built_for != built_for:
+            if self._seeded is None or len(self._seeded) != self.mailbox_size:
+                self._seeded = generate_mailbox(self.email, self.mailbox_size)
+            seeded = self._seeded
+            self._mailbox = seeded if self._history is None else self._history.apply(seeded)
             self._index = None
+            self._built_for = built_for
         return self._mailbox
 
     @property
@@ -179,6 +201,8 @@ class SandboxState:
         self.page_tokens = PageTokens(secrets.token_bytes(32))
         self.searches = SearchCache()
         self.quota = GmailQuota()
+        self.pubsub = PubSub(self.signing_keys, lambda: self.issuer or GOOGLE_ISSUER)
+        self.history_retention_seconds: float = DEFAULT_RETENTION_SECONDS
         # Called when clients, users or grants change (dev mode saves them to disk).
         self.on_change: Callable[[], None] | None = None
 
@@ -243,6 +267,8 @@ class SandboxState:
         self.call_log.clear()
         self.searches.clear()
         self.quota.reset()
+        self.pubsub.reset()
+        self.history_retention_seconds = DEFAULT_RETENTION_SECONDS
 
     # ------------------------------------------------------------------ grants and tokens
 

@@ -26,7 +26,9 @@ from api_docs import install_docs
 from token_broker.google.discovery import DiscoveryFailed, discover_endpoints
 from token_broker.google.gmail import GmailClient
 from token_broker.google.gmail_details import GmailMessages
+from token_broker.google.gmail_sync import GmailSync
 from token_broker.google.oauth import OAuthClient
+from token_broker.google.push_tokens import PushTokens
 from token_broker.google.transport import Upstream
 from token_broker.kit.drain import Drain
 from token_broker.kit.rate_limit import RateLimiter
@@ -41,9 +43,13 @@ from token_broker.services.audit import AuditBuffer
 from token_broker.services.authorizations import AuthorizationService
 from token_broker.services.connect import ConnectService
 from token_broker.services.details import MessageDetailsService
+from token_broker.services.gmail_push import PushReceiver
 from token_broker.services.gmail_quota import GmailQuota
 from token_broker.services.keepalive import KeepAlive
 from token_broker.services.listing import ListingService
+from token_broker.services.mailbox_changes import ChangesService
+from token_broker.services.mailbox_notices import MailboxNotices
+from token_broker.services.mailbox_watches import WatchKeeper
 from token_broker.services.readiness import Readiness
 from token_broker.services.reauthorization import ReauthorizationLinks, link_endpoint
 from token_broker.services.replicas import Heartbeat
@@ -66,6 +72,8 @@ from token_broker.web.request_context import RequestContextMiddleware
 from token_broker.web.request_limits import RequestLimits
 from token_broker.web.request_tracing import RequestTracing
 from token_broker.web.routers import accounts, health, message_details, messages, oauth, tokens
+from token_broker.web.routers import changes as changes_router
+from token_broker.web.routers import gmail_push as gmail_push_router
 from token_broker.web.routers import metrics as metrics_router
 from token_broker.web.token_bodies import TokenBodies
 from token_broker.web.token_fast_path import TokenFastPath
@@ -79,8 +87,9 @@ encrypted, and hands internal services fresh access tokens and complete Gmail
 message listings.
 
 Every `/v1` endpoint except the OAuth callback and the re-authorization link (both
-opened by the user's browser) takes an API key as `Authorization: Bearer tbk_...`.
-Every error is `application/problem+json` (RFC 9457) with a stable `code`.
+opened by the user's browser) and the Gmail push endpoint (Pub/Sub's OIDC token)
+takes an API key as `Authorization: Bearer tbk_...`. Every error is
+`application/problem+json` (RFC 9457) with a stable `code`.
 
 A connect flow's result is confirmed with `GET /v1/authorizations/{id}` by the client
 that started it; the redirect back to `return_to` carries only the id and a status.
@@ -103,6 +112,9 @@ class Components:
     gmail_quota: GmailQuota
     keepalive: KeepAlive
     account_gauges: AccountGauges
+    mailbox_changes: ChangesService | None = None
+    watches: WatchKeeper | None = None  # with TOKEN_BROKER_GMAIL_PUSH_TOPIC only
+    notices: MailboxNotices | None = None
 
 
 def build_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -267,12 +279,42 @@ def create_app(
                 listing=listing,
                 settings=settings,
             )
+            gmail_sync = GmailSync(upstream, settings.gmail_api_base)
+            mailbox_changes = ChangesService(
+                gmail=gmail_sync, details=details, signer=keyring.token_signer(), audit=audit,
+                drain=drain,
+            )  # fmt: skip
+            notices = watches = push = None
+            if settings.gmail_push_enabled:
+                assert settings.gmail_push_audience
+                assert settings.gmail_push_service_account
+                notices = MailboxNotices(database, webhooks, mailbox_changes, settings, metrics)
+                notices.start()
+                stack.push_async_callback(notices.stop)
+                watches = WatchKeeper(
+                    database=database, gmail=gmail_sync, changes=mailbox_changes,
+                    notices=notices, feed=changes, settings=settings, metrics=metrics,
+                )  # fmt: skip
+                watches.start()
+                stack.push_async_callback(watches.stop_background)
+                push_tokens = PushTokens(
+                    oauth_client,
+                    audience=settings.gmail_push_audience,
+                    service_account=settings.gmail_push_service_account,
+                    leeway_seconds=settings.id_token_leeway_seconds,
+                )
+                push = PushReceiver(database, push_tokens, notices, metrics)
             accounts = AccountService(
-                database, account_states=account_states, oauth=oauth_client, changes=changes
+                database,
+                account_states=account_states,
+                oauth=oauth_client,
+                changes=changes,
+                watches=watches,
             )
             account_gauges = AccountGauges(
-                accounts, metrics, interval=settings.metrics_accounts_interval_seconds
-            )
+                accounts, metrics, interval=settings.metrics_accounts_interval_seconds,
+                watches=watches,
+            )  # fmt: skip
             if settings.metrics_enabled:
                 account_gauges.start()
                 stack.push_async_callback(account_gauges.stop)
@@ -289,6 +331,9 @@ def create_app(
                 gmail_quota=gmail_quota,
                 keepalive=keepalive,
                 account_gauges=account_gauges,
+                mailbox_changes=mailbox_changes,
+                watches=watches,
+                notices=notices,
             )
             app.state.web = WebState(
                 authenticator=authenticator,
@@ -309,6 +354,8 @@ def create_app(
                 metrics=metrics,
                 token_bodies=TokenBodies(settings.token_cache_size),
                 default_min_ttl=settings.default_min_ttl_seconds,
+                changes=mailbox_changes,
+                push=push,
             )
             if settings.metrics_enabled and settings.metrics_port is not None:
                 listener = MetricsListener(
@@ -356,6 +403,8 @@ def create_app(
     app.include_router(tokens.router)
     app.include_router(messages.router)
     app.include_router(message_details.router)
+    app.include_router(changes_router.router)
+    app.include_router(gmail_push_router.router)
     if settings.metrics_enabled and settings.metrics_port is None:
         app.include_router(metrics_router.router)
     for prefix, mounted in (mounts or {}).items():

@@ -1,5 +1,5 @@
 """`token-broker` (also `python -m token_broker`): serve, dev, sandbox, migrate, check, clients,
-keys.
+keys, watches.
 
 Dev mode and the sandbox are imported only by their own commands: `serve` never
 loads the fake Google into a production process.
@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -22,7 +23,7 @@ import typer
 import uvicorn
 from dotenv import dotenv_values
 
-from token_broker.app import build_http_client, tracing_from_environment
+from token_broker.app import Components, build_http_client, create_app, tracing_from_environment
 from token_broker.errors import BrokerError
 from token_broker.google.discovery import ONE_TRY, DiscoveryFailed, discover_endpoints
 from token_broker.google.probes import probe_upstreams
@@ -32,6 +33,7 @@ from token_broker.observability.logs import configure_logging
 from token_broker.services.api_keys import Permission
 from token_broker.services.clients import ClientService
 from token_broker.services.key_rotation import KeyRotation, ReplicasLackPrimaryKey
+from token_broker.services.mailbox_watches import Renewal, watch_listing
 from token_broker.services.replicas import describe, lacking_key, live_replicas
 from token_broker.services.secret_sample import sample_secrets
 from token_broker.settings import ConfigurationError, Settings, env_name, load_settings
@@ -56,6 +58,8 @@ clients_app = typer.Typer(help="API clients and their keys.", no_args_is_help=Tr
 keys_app = typer.Typer(help="Encryption keys for secrets at rest.", no_args_is_help=True)
 app.add_typer(clients_app, name="clients")
 app.add_typer(keys_app, name="keys")
+watches_app = typer.Typer(help="Gmail watches (push notifications).", no_args_is_help=True)
+app.add_typer(watches_app, name="watches")
 
 
 def fail(lines: list[str], code: int = 2) -> typer.Exit:
@@ -105,6 +109,22 @@ def with_database(settings: Settings, operation: Callable[[Database], Awaitable[
         return asyncio.run(run())
     except BrokerError as error:
         raise fail([f"error: {error.detail}"], code=1) from None
+
+
+def with_services(settings: Settings, operation: Callable[[Components], Awaitable[T]]) -> T:
+    """Run `operation` with the broker's services, built exactly as `serve` builds them."""
+
+    async def run() -> T:
+        application = create_app(settings)
+        async with application.router.lifespan_context(application):
+            return await operation(application.state.broker)
+
+    try:
+        return asyncio.run(run())
+    except BrokerError as error:
+        raise fail([f"error: {error.detail}"], code=1) from None
+    except ConfigurationError as error:
+        raise fail(["configuration error:", *(f"  {p}" for p in error.problems)]) from None
 
 
 @app.command()
@@ -503,6 +523,66 @@ def keys_rotate(
         + (f" ({details})" if details else "")
         + f"; every value is now under key {report.primary}"
     )
+
+
+def _time(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value else "-"
+
+
+@watches_app.command("list")
+def watches_list() -> None:
+    """List Gmail watches: account, state, Gmail's expiry, next renewal, last push, last error."""
+    settings = settings_or_exit()
+    rows = with_database(settings, watch_listing)
+    typer.echo(
+        f"{'ACCOUNT':<32} {'STATE':<8} {'EXPIRES':<26} {'RENEWS':<26} {'LAST PUSH':<26} LAST ERROR"
+    )
+    for watch, email in rows:
+        typer.echo(
+            f"{(email or watch.account_id):<32} {watch.status:<8} {_time(watch.expires_at):<26} "
+            f"{_time(watch.renew_at):<26} {_time(watch.last_push_at):<26} "
+            f"{watch.last_error or '-'}"
+        )
+    if not settings.gmail_push_enabled:
+        typer.echo(f"(push is off: {env_name('gmail_push_topic')} is not set)", err=True)
+
+
+@watches_app.command("renew")
+def watches_renew(
+    accounts: Annotated[
+        list[str] | None, typer.Argument(help="Accounts (email or subject id) to renew now.")
+    ] = None,
+    every_watch: Annotated[
+        bool, typer.Option("--all", help="Renew every watch that is not stopped.")
+    ] = False,
+) -> None:
+    """Call users.watch now (at the configured rate); one line per account; exit 1 if any failed."""
+    settings = settings_or_exit()
+    if not settings.gmail_push_enabled:
+        raise fail([f"{env_name('gmail_push_topic')}: not set; push (and its watches) is off"])
+    if not accounts and not every_watch:
+        raise fail(["name the accounts to renew, or pass --all"])
+
+    async def renew(components: Components) -> list[tuple[str, Renewal]]:
+        keeper = components.watches
+        assert keeper is not None
+        names: dict[str, str] = {}
+        if every_watch:
+            for watch, email in await keeper.listing():
+                if watch.status != "stopped":
+                    names[watch.account_id] = email or watch.account_id
+        for reference in accounts or []:
+            names[await keeper.resolve(reference)] = reference
+        renewed = await keeper.renew_paced(list(names))
+        return [(names[r.account_id], r) for r in renewed]
+
+    results = with_services(settings, renew)
+    for name, renewal in results:
+        detail = _time(renewal.expires_at) if renewal.outcome == "ok" else renewal.error or ""
+        typer.echo(f"{name:<32} {renewal.outcome:<8} {detail}")
+    typer.echo(f"renewed {sum(r.outcome == 'ok' for _, r in results)} of {len(results)} watches")
+    if any(r.outcome == "failed" for _, r in results):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -175,6 +175,50 @@ class AuthorizationNotFound(BrokerError):
     )
 
 
+class CursorExpired(BrokerError):
+    status = 410
+    code = "cursor_expired"
+    title = "Cursor expired"
+    default_detail = (
+        "Gmail no longer keeps the history this cursor points into (it keeps about a week, "
+        "sometimes only hours): list the mailbox again (GET .../messages), then ask for "
+        "changes from `cursor`, the fresh starting point in this answer."
+    )
+
+
+class InvalidPush(BrokerError):
+    status = 400
+    code = "invalid_push"
+    title = "Invalid push"
+    default_detail = (
+        "The body is not a Cloud Pub/Sub push of a Gmail notification "
+        '({"message": {"data": base64 {"emailAddress", "historyId"}, "messageId"}}).'
+    )
+
+
+class PushUnauthenticated(BrokerError):
+    status = 401
+    code = "push_unauthenticated"
+    title = "Push not authenticated"
+    default_detail = (
+        "The push carries no valid Pub/Sub OIDC token for this endpoint: missing, not "
+        "signed by Google, expired, for another audience or service account, or replayed."
+    )
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class PushNotConfigured(BrokerError):
+    status = 404
+    code = "push_not_configured"
+    title = "Push not configured"
+    default_detail = (
+        "This broker does not take Gmail push notifications: set TOKEN_BROKER_GMAIL_PUSH_TOPIC "
+        "(with its audience and service account)."
+    )
+
+
 class MethodNotAllowed(BrokerError):
     status = 405
     code = "method_not_allowed"

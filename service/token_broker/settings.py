@@ -8,6 +8,7 @@ the variable and what it expects, never echoing a secret.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -50,6 +51,13 @@ class ConfigurationError(Exception):
 
 def is_google_issuer(issuer: str) -> bool:
     return issuer.rstrip("/") in GOOGLE_ISSUERS
+
+
+# Google's rules for project ids and topic names (Cloud Resource Manager, Pub/Sub).
+_PUBSUB_TOPIC = re.compile(
+    r"^projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/topics/[A-Za-z][\w.~+%-]{2,254}$"
+)
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 def env_name(field: str) -> str:
@@ -169,6 +177,14 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     webhook_max_attempts: int = Field(default=10, ge=1, le=50)
 
+    # Mailbox changes: Gmail push through Cloud Pub/Sub (on when the topic is set)
+    gmail_push_topic: str | None = None
+    gmail_push_audience: str | None = None
+    gmail_push_service_account: str | None = None
+    gmail_push_coalesce_seconds: float = Field(default=5.0, ge=0, le=3600)
+    gmail_push_fallback_seconds: float = Field(default=600.0, ge=1, le=86_400)
+    gmail_watch_renewals_per_minute: float = Field(default=120.0, gt=0, le=100_000)
+
     # Storage
     db_pool_size: int = Field(default=10, ge=1, le=500)
     db_max_overflow: int = Field(default=10, ge=0, le=500)
@@ -232,6 +248,40 @@ class Settings(BaseSettings):
         if value is not None and not _is_http_url(value):
             raise ValueError("expected an absolute http(s) URL")
         return value
+
+    @field_validator("gmail_push_topic")
+    @classmethod
+    def _push_topic(cls, value: str | None) -> str | None:
+        if value is not None and not _PUBSUB_TOPIC.match(value):
+            raise ValueError("expected a Cloud Pub/Sub topic: projects/<project id>/topics/<name>")
+        return value
+
+    @field_validator("gmail_push_service_account")
+    @classmethod
+    def _push_service_account(cls, value: str | None) -> str | None:
+        if value is not None and not _EMAIL.match(value):
+            raise ValueError(
+                "expected the email of the service account the push subscription signs as"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _push_needs_its_authentication(self) -> Settings:
+        # A push endpoint that cannot check who is calling it would accept anyone's pushes.
+        if self.gmail_push_topic is not None and (
+            not self.gmail_push_audience or self.gmail_push_service_account is None
+        ):
+            raise ValueError(
+                f"{env_name('gmail_push_topic')}: needs {env_name('gmail_push_audience')} and "
+                f"{env_name('gmail_push_service_account')} (the push subscription's OIDC "
+                "audience and service account, which every push is checked against)"
+            )
+        if self.gmail_push_topic is not None and self.webhook_url is None:
+            raise ValueError(
+                f"{env_name('gmail_push_topic')}: needs {env_name('webhook_url')} (mailbox.changed "
+                "notifications are delivered there)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _lease_outlasts_the_refresh(self) -> Settings:
@@ -315,6 +365,10 @@ class Settings(BaseSettings):
         ):
             return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
         return None
+
+    @property
+    def gmail_push_enabled(self) -> bool:
+        return self.gmail_push_topic is not None
 
     @property
     def is_development(self) -> bool:

@@ -4,7 +4,8 @@ Google's facts behind this module:
 
 - usage limits (https://developers.google.com/gmail/api/reference/quota): every
   method costs quota units, `messages.list` 5, `messages.get` 5, `history.list`
-  2, `getProfile` 1, against a per-user limit a minute;
+  2, `getProfile` 1 (`watch` 100 and `stop` 50 as other projects' tables give them),
+  against a per-user limit a minute;
 - batching (https://developers.google.com/gmail/api/guides/batch): up to 100 calls
   in one `multipart/mixed` POST to `/batch/gmail/v1`, each part an
   `application/http` request holding only the URL's path; the outer request's
@@ -44,13 +45,19 @@ from token_broker.google.transport import (
 )
 from token_broker.kit.retry import TransientError
 
-GmailMethod = Literal["messages.list", "messages.get", "history.list", "getProfile"]
+GmailMethod = Literal[
+    "messages.list", "messages.get", "history.list", "getProfile", "watch", "stop"
+]
 # Quota units each call costs (Google's usage-limits page); a batch costs its parts'.
 QUOTA_UNITS: dict[GmailMethod, int] = {
     "messages.list": 5,
     "messages.get": 5,
     "history.list": 2,
     "getProfile": 1,
+    # watch and stop as public code's quota tables give them; the excerpts of Google's
+    # page at hand stopped short of these rows.
+    "watch": 100,
+    "stop": 50,
 }
 MessageFormat = Literal["minimal", "metadata", "full", "raw"]
 MESSAGE_FORMATS: tuple[MessageFormat, ...] = ("minimal", "metadata", "full", "raw")

@@ -298,3 +298,8 @@ class OAuthClient:
                 self._jwks_fetched_at = time.monotonic()
             assert self._jwks is not None
             return self._jwks
+
+    async def signing_keys(self, *, refresh: bool = False) -> KeySet:
+        """The provider's published keys (Google's also sign Pub/Sub push tokens), cached;
+        `refresh` refetches them, at most once per JWKS_REFETCH_INTERVAL_SECONDS."""
+        return await self._keyset(refresh=refresh)

@@ -134,6 +134,62 @@ class Metrics:
             registry=registry,
         )
 
+        self._mailbox_metrics(registry)
+
+    def _mailbox_metrics(self, registry: CollectorRegistry) -> None:
+        self.gmail_watches = Gauge(
+            "token_broker_gmail_watches",
+            "Gmail watches by state, counted at scrape time: active, pending (to be made or "
+            "failing), stopped, expiring (active, ending within a day).",
+            ["state"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.gmail_watch_calls = Counter(
+            "token_broker_gmail_watch_calls",
+            "users.watch and users.stop calls by call and outcome: ok, failed, revoked.",
+            ["call", "outcome"],
+            registry=registry,
+        )
+        self.gmail_pushes = Counter(
+            "token_broker_gmail_pushes",
+            "Pub/Sub pushes by outcome: accepted, duplicate, unknown_address, not_watched, "
+            "refused, malformed.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.gmail_push_refusals = Counter(
+            "token_broker_gmail_push_refusals",
+            "Pushes refused, by reason: missing, malformed, signature, issuer, audience, "
+            "service_account, expired, not_yet_valid, replayed.",
+            ["reason"],
+            registry=registry,
+        )
+        self.mailbox_webhooks = Counter(
+            "token_broker_mailbox_webhooks",
+            "mailbox.changed webhooks queued, by trigger: push, fallback.",
+            ["trigger"],
+            registry=registry,
+        )
+        self.mailbox_webhooks_coalesced = Counter(
+            "token_broker_mailbox_webhooks_coalesced",
+            "Pushes that did not need a webhook of their own: folded into one already due in "
+            "their window, or saying nothing newer than the last one sent.",
+            registry=registry,
+        )
+        self.gmail_fallback_checks = Counter(
+            "token_broker_gmail_fallback_checks",
+            "history.list checks of watched mailboxes that went quiet, by outcome: changed, "
+            "unchanged, expired, failed.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.gmail_history_pages = Counter(
+            "token_broker_gmail_history_pages",
+            "Gmail history.list pages fetched.",
+            registry=registry,
+        )
+
     def observe_http(self, route: str, method: str, status: int, elapsed: float) -> None:
         # Label lookups cost more than the increments: keep the children per series.
         key = (route, method, status)

@@ -20,6 +20,7 @@ from token_broker.kit.clock import utcnow
 from token_broker.services.audit import Action, write_audit
 from token_broker.services.webhooks import Webhooks
 from token_broker.store.change_feed import CHANNEL, payload
+from token_broker.store.mailbox_watches import MailboxWatchRepository
 from token_broker.store.models import Account, AccountStatus
 from token_broker.store.repositories import AccountRepository, ChangeNotices
 from token_broker.store.sealing import Keyring
@@ -184,6 +185,8 @@ class AccountStates:
             detail={"class": "permanent", "error": error, "trigger": trigger},
         )  # fmt: skip
         await write_audit(session, Action.ACCOUNT_REVOKED, error, account_id=account.id)
+        # A dead grant cannot call users.stop: its watch is never renewed, its pushes dropped.
+        await MailboxWatchRepository(session).stop(account.id, account.updated_at)
         await self.webhooks.account_changed(session, "account.revoked", account, error)
         await ChangeNotices(session).send(CHANNEL, payload("account", account.id))
 
@@ -196,6 +199,7 @@ class AccountStates:
         upstream_revoked: bool,
     ) -> None:
         await AccountRepository(session).delete(account)
+        await MailboxWatchRepository(session).delete(account.id)
         await write_audit(
             session, Action.ACCOUNT_DELETED, "ok", client_id=client_id, account_id=account.id,
             detail={"upstream_revoked": upstream_revoked},

@@ -15,9 +15,10 @@ from token_broker.google.oauth import OAuthClient
 from token_broker.google.transport import UpstreamProtocolError
 from token_broker.kit.retry import TransientError
 from token_broker.services.account_states import PROVIDER, AccountStates
+from token_broker.services.mailbox_watches import WatchKeeper
 from token_broker.store.change_feed import ChangeFeed
 from token_broker.store.database import Database
-from token_broker.store.models import Account
+from token_broker.store.models import Account, AccountStatus
 from token_broker.store.repositories import AccountRepository
 
 log = logging.getLogger("token_broker.accounts")
@@ -52,11 +53,13 @@ class AccountService:
         account_states: AccountStates,
         oauth: OAuthClient,
         changes: ChangeFeed,
+        watches: WatchKeeper | None = None,
     ) -> None:
         self.database = database
         self.account_states = account_states
         self.oauth = oauth
         self.changes = changes
+        self.watches = watches
 
     async def get(self, reference: str) -> Account:
         async with self.database.transaction() as session:
@@ -80,8 +83,11 @@ class AccountService:
         return rows, None
 
     async def delete(self, reference: str, *, client_id: str | None) -> Deletion:
-        """Revoke the grant upstream (best effort), then delete the account and its secrets."""
+        """Stop its Gmail watch and revoke the grant upstream (each best effort), then delete
+        the account and its secrets."""
         account = await self.get(reference)
+        if self.watches is not None and account.status == AccountStatus.ACTIVE:
+            await self.watches.stop_watch(account.subject)
         upstream_revoked = False
         token = self.account_states.refresh_token(account)
         if token is not None:

@@ -46,6 +46,7 @@ class Action(StrEnum):
     ACCOUNT_REVOKED = "account_revoked"
     ACCOUNT_DELETED = "account_deleted"
     MESSAGES_LISTED = "messages_listed"
+    CHANGES_LISTED = "changes_listed"
     KEY_ROTATION = "key_rotation"
     CLIENT_CREATED = "client_created"
     CLIENT_REVOKED = "client_revoked"

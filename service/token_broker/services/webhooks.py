@@ -1,6 +1,7 @@
 """Account notifications: a signed POST to the operator's webhook when an account is
 connected (each successful consent, with the authorization id), turns revoked, or
-active again.
+active again, and when its mailbox changed (`mailbox.changed`, from Gmail's push or the
+fallback check: `services/mailbox_notices.py`).
 
 Events are written to the `webhook_deliveries` outbox in the same transaction as the
 change, then a background dispatcher on every replica leases due rows one at a time
@@ -46,7 +47,9 @@ from token_broker.store.repositories import WebhookRepository
 log = logging.getLogger("token_broker.webhooks")
 
 SIGNATURE_HEADER = "Token-Broker-Signature"
-EventType = Literal["account.connected", "account.revoked", "account.reactivated"]
+EventType = Literal[
+    "account.connected", "account.revoked", "account.reactivated", "mailbox.changed"
+]
 LEASE = timedelta(seconds=60)
 # Trace contexts of queued events, for their delivery spans (bounded: oldest forgotten).
 MAX_REMEMBERED_ORIGINS = 10_000
@@ -105,6 +108,23 @@ class Webhooks:
         authorization_id: str | None = None,
     ) -> None:
         """Queue a notification inside the caller's transaction (no-op when disabled)."""
+        extra: dict[str, Any] = {"reason": reason}
+        if event_type != "account.revoked":
+            # The connect that caused it: null for a code exchange (POST /v1/oauth/exchange).
+            extra["authorization"] = authorization_id
+        await self._queue(session, event_type, account, extra)
+
+    async def mailbox_changed(
+        self, session: AsyncSession, account: Account, *, history_id: str, trigger: str
+    ) -> None:
+        """Queue `mailbox.changed`: the mailbox changed up to Gmail history id `history_id`."""
+        await self._queue(
+            session, "mailbox.changed", account, {"history_id": history_id, "trigger": trigger}
+        )
+
+    async def _queue(
+        self, session: AsyncSession, event_type: EventType, account: Account, extra: dict[str, Any]
+    ) -> None:
         if not self.enabled:
             return
         now = utcnow()
@@ -119,11 +139,8 @@ class Webhooks:
                 "email": account.email,
                 "status": account.status,
             },
-            "reason": reason,
+            **extra,
         }
-        if event_type != "account.revoked":
-            # The connect that caused it: null for a code exchange (POST /v1/oauth/exchange).
-            payload["authorization"] = authorization_id
         if self.tracer is not None:
             self._remember_origin(event_id)
         await WebhookRepository(session).add(

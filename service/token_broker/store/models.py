@@ -238,3 +238,50 @@ class Replica(SQLModel, table=True):
     @property
     def key_id_list(self) -> list[str]:
         return self.key_ids.split()
+
+
+class WatchStatus(StrEnum):
+    PENDING = "pending"  # users.watch to be called (new, or the last call failed)
+    ACTIVE = "active"  # Gmail pushes this mailbox's changes until expires_at
+    STOPPED = "stopped"  # the account was revoked: never renewed, pushes dropped
+
+
+class MailboxWatch(SQLModel, table=True):
+    """One account's Gmail watch, and what its webhook consumers have been told.
+
+    `history_id` is the newest history id a `mailbox.changed` webhook carried (or, before
+    any, the one the first watch answered): the fallback checks for changes after it.
+    A push opens a coalescing window (`window_ends_at`); pushes inside it only raise
+    `pending_history_id`, and one webhook goes out when it closes.
+    """
+
+    __tablename__ = "mailbox_watches"
+
+    account_id: str = Field(primary_key=True, max_length=36)
+    status: str = Field(default=WatchStatus.PENDING, max_length=16)
+    history_id: str | None = Field(default=None, max_length=20)
+    pending_history_id: str | None = Field(default=None, max_length=20)
+    pending_trigger: str | None = Field(default=None, max_length=16)
+    window_ends_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    renew_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    heard_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    last_push_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    failures: int = Field(default=0)
+    last_error: str | None = Field(default=None, max_length=200)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class GmailPushReceipt(SQLModel, table=True):
+    """A Pub/Sub push the broker accepted: its message id, and a hash of the token it carried.
+
+    The same message with the same token again is a replay (refused); with another token,
+    Pub/Sub delivering it again (acknowledged, not acted on). Kept for a few hours.
+    """
+
+    __tablename__ = "gmail_push_receipts"
+
+    message_id: str = Field(primary_key=True, max_length=100)
+    token_hash: str = Field(max_length=64)
+    received_at: datetime = Field(sa_type=UTCDateTime, index=True)

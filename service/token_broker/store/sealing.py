@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import SecretStr
 
 from token_broker.kit.clock import utcnow
+from token_broker.kit.signed_tokens import TokenSigner
 from token_broker.settings import ConfigurationError, Settings, env_name
 
 log = logging.getLogger("token_broker.sealing")
@@ -31,6 +32,7 @@ log = logging.getLogger("token_broker.sealing")
 FORMAT_VERSION = "tb1"
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 _NONCE_BYTES = 12
+_SIGNING_PURPOSE = "token-broker signed tokens v1"
 
 
 class KeyringError(Exception):
@@ -94,6 +96,10 @@ class Keyring:
             ).derive(key)
             for kid, key in self._material.items()
         }
+
+    def token_signer(self) -> TokenSigner:
+        """Signs cursors and other tokens callers give back, with keys from this keyring."""
+        return TokenSigner(self.derive(_SIGNING_PURPOSE), self.primary_kid)
 
     @classmethod
     def parse(cls, spec: str) -> Keyring:

@@ -15,7 +15,9 @@ from token_broker.services.api_keys import Authenticator, Caller, Permission
 from token_broker.services.authorizations import AuthorizationService
 from token_broker.services.connect import ConnectService
 from token_broker.services.details import MessageDetailsService
+from token_broker.services.gmail_push import PushReceiver
 from token_broker.services.listing import ListingService
+from token_broker.services.mailbox_changes import ChangesService
 from token_broker.services.readiness import Readiness
 from token_broker.services.reauthorization import ReauthorizationLinks
 from token_broker.services.tokens import TokenService
@@ -38,6 +40,8 @@ class WebState:
     metrics: Metrics
     token_bodies: TokenBodies
     default_min_ttl: int
+    changes: ChangesService
+    push: PushReceiver | None = None  # with TOKEN_BROKER_GMAIL_PUSH_TOPIC only
 
 
 async def get_state(request: Request) -> WebState:

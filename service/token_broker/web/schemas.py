@@ -38,6 +38,12 @@ class Problem(BaseModel):
     label_id: str | None = Field(
         default=None, description="`unknown_label`: the labelIds value Gmail does not know."
     )
+    cursor: str | None = Field(
+        default=None, description="`cursor_expired`: a fresh starting point for changes."
+    )
+    history_id: str | None = Field(
+        default=None, description="`cursor_expired`: the Gmail history id `cursor` starts at."
+    )
     errors: list[dict[str, Any]] | None = Field(
         default=None, description="Validation errors: location and message."
     )
@@ -239,3 +245,24 @@ class MessageDetailsList(BaseModel):
     not_fetched: list[NotFetched] = Field(
         description="Messages Gmail would not answer (the first 10,000), with its status."
     )
+
+
+class Change(BaseModel):
+    """One change to a message, from one Gmail history record."""
+
+    type: Literal["message_added", "message_deleted", "labels_added", "labels_removed"]
+    history_id: str = Field(description="The Gmail history record it comes from.")
+    message_id: str
+    thread_id: str
+    label_ids: list[str] = Field(
+        description="For labels_added / labels_removed: the labels added or removed; "
+        "otherwise the message's labels as Gmail reported them."
+    )
+
+
+class ChangeList(BaseModel):
+    changes: list[Change] = Field(description="In history order; empty without a cursor.")
+    count: int
+    pages: int = Field(description="Gmail history.list pages read (500 records each).")
+    cursor: str = Field(description="Pass as `cursor` next time; opaque and tamper-evident.")
+    history_id: str = Field(description="The Gmail history id the cursor starts after.")

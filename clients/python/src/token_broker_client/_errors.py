@@ -193,6 +193,30 @@ class UnsupportedMediaType(BrokerProblem):
     code = "unsupported_media_type"
 
 
+class CursorExpired(BrokerProblem):
+    """Gmail forgot the history behind a changes cursor: list the mailbox again, then
+    continue from `cursor`, the fresh starting point this problem carries."""
+
+    code = "cursor_expired"
+
+    @property
+    def cursor(self) -> str | None:
+        value = self.problem.get("cursor")
+        return value if isinstance(value, str) else None
+
+
+class InvalidPush(BrokerProblem):
+    code = "invalid_push"
+
+
+class PushUnauthenticated(BrokerProblem):
+    code = "push_unauthenticated"
+
+
+class PushNotConfigured(BrokerProblem):
+    code = "push_not_configured"
+
+
 class MethodNotAllowed(BrokerProblem):
     code = "method_not_allowed"
 
