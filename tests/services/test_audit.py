@@ -47,8 +47,8 @@ async def test_many_tokens_cost_two_rows_per_client_account_and_window(
     detail: dict[str, Any] = firsts[0].detail or {}
     assert detail["source"] == "refreshed"
     assert detail["first_in_window"] == {
-        "start": "2027-01-15T08:00:00+00:00",
-        "end": "2027-01-15T09:00:00+00:00",
+        "start": "2027-01-15T08:00:00Z",
+        "end": "2027-01-15T09:00:00Z",
     }
 
     clock.now = START + HOUR + 1  # the window is over: one count per pair
@@ -58,7 +58,7 @@ async def test_many_tokens_cost_two_rows_per_client_account_and_window(
     assert {(e.client_id, e.account_id) for e in closing} == set(pairs)
     assert all(e.detail == {
         "count": 100, "sources": {"refreshed": 1, "cache_hit": 99},
-        "window": {"start": "2027-01-15T08:00:00+00:00", "end": "2027-01-15T09:00:00+00:00"},
+        "window": {"start": "2027-01-15T08:00:00Z", "end": "2027-01-15T09:00:00Z"},
     } for e in closing)  # fmt: skip
 
     issue(buffer, "client0", "account0")  # a new window: a new first row
@@ -90,4 +90,4 @@ async def test_too_many_pairs_close_the_window_early(database: Database) -> None
     assert counts == {("a", None), ("b", None), ("a", 3), ("b", 3), ("c", None), ("c", 2)}
     early = [e for e in events if (e.detail or {}).get("count") == 3]
     assert early[0].detail is not None
-    assert early[0].detail["window"]["end"] == "2027-01-15T08:01:10+00:00"
+    assert early[0].detail["window"]["end"] == "2027-01-15T08:01:10Z"
