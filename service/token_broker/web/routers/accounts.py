@@ -10,6 +10,7 @@ from token_broker.errors import (
     AccountNotFound,
     AmbiguousAccount,
     InvalidCursor,
+    KeyUnavailable,
     caller_problems,
 )
 from token_broker.web.dependencies import AccountsReader, AccountsWriter, State
@@ -68,7 +69,7 @@ async def get_account(state: State, _caller: AccountsReader, account: AccountRef
     "/{account}",
     response_model=Deleted,
     summary="Revoke the grant at the provider, then delete the account and its secrets",
-    responses=problem_responses(*AUTH_PROBLEMS, AccountNotFound, AmbiguousAccount),
+    responses=problem_responses(*AUTH_PROBLEMS, AccountNotFound, AmbiguousAccount, KeyUnavailable),
 )
 async def delete_account(state: State, caller: AccountsWriter, account: AccountRef) -> Deleted:
     deletion = await state.accounts.delete(account, client_id=caller.client_id)

@@ -17,6 +17,7 @@ from token_broker.errors import (
     InvalidLink,
     InvalidState,
     IssuerMismatch,
+    KeyUnavailable,
     NoRefreshToken,
     NoUserId,
     PayloadTooLarge,
@@ -33,7 +34,7 @@ from token_broker.services.authorizations import outcome_status
 from token_broker.services.connect import CallbackOutcome
 from token_broker.services.reauthorization import MAX_LINK_LENGTH
 from token_broker.web.dependencies import AccountsWriter, AnyCaller, State
-from token_broker.web.problems import problem_responses
+from token_broker.web.problems import as_broker_error, problem_responses
 from token_broker.web.schemas import (
     Account,
     Authorization,
@@ -150,12 +151,16 @@ def _html_problems(*errors: type[BrokerError]) -> dict[int | str, dict[str, obje
             UpstreamError,
             ProviderRejectedClient,
             UpstreamUnavailable,
+            KeyUnavailable,
         ),
     },
 )
 async def oauth_callback(request: Request, state: State) -> Response:
     params = {key: value for key, value in request.query_params.items() if len(value) <= 4096}
-    outcome = await state.connect.callback(params)
+    try:
+        outcome = await state.connect.callback(params)
+    except Exception as error:
+        return problem_page_or_raise(error)
     redirect = outcome.redirect_url()
     if redirect is not None:
         return RedirectResponse(redirect, status_code=303, headers=CALLBACK_HEADERS)
@@ -187,8 +192,8 @@ async def open_reauthorization_link(
 ) -> Response:
     try:
         url = await state.links.open(link)
-    except InvalidLink as error:
-        return problem_page(error)
+    except Exception as error:
+        return problem_page_or_raise(error)
     return RedirectResponse(url, status_code=303, headers=CALLBACK_HEADERS)
 
 
@@ -227,6 +232,14 @@ def result_page(outcome: CallbackOutcome) -> HTMLResponse:
     who = html.escape(outcome.account.email or outcome.account.subject)
     text = f"<p><b>{who}</b> is connected. You can close this window.</p>"
     return _page("Account connected", text, 200)
+
+
+def problem_page_or_raise(error: Exception) -> HTMLResponse:
+    """A person's browser gets a page for any documented problem (an outage too)."""
+    problem = as_broker_error(error)
+    if problem is None:
+        raise error
+    return problem_page(problem)
 
 
 def problem_page(error: BrokerError) -> HTMLResponse:

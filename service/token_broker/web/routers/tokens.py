@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from token_broker.errors import (
     AccountNotFound,
     AmbiguousAccount,
+    KeyUnavailable,
     ProviderRejectedClient,
     ReauthorizationRequired,
     UpstreamUnavailable,
@@ -68,6 +69,7 @@ class AccessTokenQuery(BaseModel):
         ReauthorizationRequired,
         ProviderRejectedClient,
         UpstreamUnavailable,
+        KeyUnavailable,
     ),
 )
 async def access_token(
