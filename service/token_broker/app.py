@@ -27,6 +27,7 @@ from token_broker.google.oauth import OAuthClient
 from token_broker.google.transport import Upstream
 from token_broker.kit.drain import Drain
 from token_broker.kit.rate_limit import RateLimiter
+from token_broker.kit.signed_values import ValueSigner
 from token_broker.observability.logs import configure_logging, install_request_id_on_records
 from token_broker.observability.metrics import Metrics
 from token_broker.services.account_states import AccountStates
@@ -63,6 +64,10 @@ from token_broker.web.token_bodies import TokenBodies
 from token_broker.web.token_fast_path import TokenFastPath
 
 log = logging.getLogger("token_broker")
+
+# The keys of every cursor the broker hands out (`kit/signed_values.py`), derived from
+# the keyring: the same on every replica, never logged.
+CURSOR_KEY_PURPOSE = "token-broker signed cursors v1"
 
 DESCRIPTION = """
 Token Broker owns Google's server-side OAuth 2.0 flow with offline access for Gmail:
@@ -237,7 +242,13 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
                 links=links,
                 connect=connect,
                 accounts=AccountService(
-                    database, account_states=account_states, oauth=oauth_client, changes=changes
+                    database,
+                    account_states=account_states,
+                    oauth=oauth_client,
+                    changes=changes,
+                    cursors=ValueSigner(
+                        keyring.derive(CURSOR_KEY_PURPOSE), primary=keyring.primary_kid
+                    ),
                 ),
                 tokens=tokens,
                 listing=listing,

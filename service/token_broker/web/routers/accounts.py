@@ -46,7 +46,14 @@ async def list_accounts(
     _caller: AccountsReader,
     email: Annotated[str | None, Query(max_length=320, pattern=TOKEN_TEXT)] = None,
     status: Literal["active", "revoked"] | None = None,
-    cursor: Annotated[str | None, Query(max_length=512, pattern=r"^[A-Za-z0-9_-]+$")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=512,
+            pattern=r"^[A-Za-z0-9_.-]+$",
+            description="`next_cursor` of the previous page, unchanged (opaque and signed).",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AccountPage:
     rows, next_cursor = await state.accounts.page(
