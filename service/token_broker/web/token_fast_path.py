@@ -55,7 +55,12 @@ class TokenFastPath:
             request = self._understood(scope) if match else None
             if request is not None:
                 scope["route"] = _TEMPLATE  # what the router would have matched, for metrics
-                status, headers, body = await self._answer(match.group(1), *request)  # type: ignore[union-attr]
+                client = scope.get("client")
+                status, headers, body = await self._answer(
+                    match.group(1),  # type: ignore[union-attr]
+                    *request,
+                    source=client[0] if client else None,
+                )
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 return
@@ -63,10 +68,16 @@ class TokenFastPath:
 
     @staticmethod
     async def _answer(
-        reference: str, state: WebState, key: str | None, min_ttl: int, force_refresh: bool
+        reference: str,
+        state: WebState,
+        key: str | None,
+        min_ttl: int,
+        force_refresh: bool,
+        *,
+        source: str | None,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         try:
-            caller = await state.authenticator.authenticate(key)
+            caller = await state.authenticator.authenticate(key, source=source)
             caller.require(Permission.TOKENS_READ)
             issued = await state.tokens.access_token(
                 reference, min_ttl=min_ttl, force_refresh=force_refresh, client_id=caller.client_id
