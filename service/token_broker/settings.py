@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     refresh_budget_seconds: float = Field(default=8.0, gt=0, le=120)
     refresh_cooldown_seconds: float = Field(default=5.0, ge=0, le=600)
     lock_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    # A forced refresh within this long of the account's last token gets that token.
+    forced_refresh_interval_seconds: float = Field(default=5.0, ge=0, le=3600)
 
     # Gmail
     gmail_attempts: int = Field(default=5, ge=1, le=20)

@@ -48,7 +48,7 @@ class Fleet:
         self.replicas: list[BrokerProcess] = []
         self.key = ""
 
-    def env(self) -> dict[str, str]:
+    def env(self, **extra: str) -> dict[str, str]:
         settings = {
             "DATABASE_URL": self.url,
             "ENCRYPTION_KEYS": TEST_KEYS,
@@ -58,12 +58,15 @@ class Fleet:
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "DEBUG",
             "LOCK_TIMEOUT_SECONDS": "20",
+            # Forced refreshes test the refresh core; their throttle is tested with it on.
+            "FORCED_REFRESH_INTERVAL_SECONDS": "0",
             **{k.upper(): str(v) for k, v in self.provider.settings().items()},
+            **extra,
         }
         return {f"TOKEN_BROKER_{k}": v for k, v in settings.items()}
 
-    async def start(self, count: int) -> list[BrokerProcess]:
-        started = [BrokerProcess(self.env(), name=f"replica{i}") for i in range(count)]
+    async def start(self, count: int, **extra: str) -> list[BrokerProcess]:
+        started = [BrokerProcess(self.env(**extra), name=f"replica{i}") for i in range(count)]
         self.replicas += started
         await asyncio.gather(*(replica.ready() for replica in started))
         return started
@@ -158,6 +161,31 @@ async def test_a_storm_on_two_replicas_makes_one_refresh(fleet: Fleet, rotating:
     assert fleet.provider.state.calls["token:refresh_token"] == 3
     assert (await fleet.stored())["status"] == "active"
     assert all(not grant.revoked for grant in fleet.provider.state.grants.values())
+
+
+async def test_forced_refreshes_on_two_replicas_make_one_refresh_per_interval(
+    fleet: Fleet,
+) -> None:
+    a, b = await fleet.start(2, FORCED_REFRESH_INTERVAL_SECONDS="1")
+    subject = await fleet.connect(a)
+    fleet.provider.state.calls.clear()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answers: list[httpx.Response] = []
+    while loop.time() - started < 3:
+        answers += await asyncio.gather(
+            *(
+                fleet.token(replica, subject, force_refresh="true")
+                for _ in range(25)
+                for replica in (a, b)
+            )
+        )
+    elapsed = loop.time() - started
+    assert {response.status_code for response in answers} == {200}
+    for token in {response.json()["access_token"] for response in answers}:
+        register_secret(token)
+    refreshes = fleet.provider.state.calls["token:refresh_token"]
+    assert 1 <= refreshes <= int(elapsed) + 1, (refreshes, elapsed, len(answers))
 
 
 async def test_a_replica_killed_mid_refresh_loses_nothing(fleet: Fleet) -> None:

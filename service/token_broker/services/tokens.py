@@ -42,6 +42,7 @@ from token_broker.kit.single_flight import SingleFlight
 from token_broker.observability.metrics import Metrics
 from token_broker.services.account_states import PROVIDER, AccountStates
 from token_broker.services.audit import Action, AuditBuffer
+from token_broker.services.forced_refresh import ForcedRefreshes
 from token_broker.services.reauthorization import ReauthorizationLinks
 from token_broker.services.token_cache import CachedToken, TokenCache
 from token_broker.services.webhooks import Webhooks
@@ -62,6 +63,7 @@ class Source(StrEnum):
     REFRESHED = "refreshed"
     WAITED = "waited"
     REFRESHED_ELSEWHERE = "refreshed_elsewhere"
+    FORCE_THROTTLED = "force_throttled"
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ class TokenService:
         self.clock = clock
         self.sleep = sleep
         self.cache = TokenCache(settings.token_cache_size)
+        self.forced = ForcedRefreshes(settings.forced_refresh_interval_seconds)
         self.backoff = Backoff(
             attempts=settings.refresh_attempts,
             budget=settings.refresh_budget_seconds,
@@ -141,10 +144,17 @@ class TokenService:
             hit = self.from_cache(reference, min_ttl=min_ttl, client_id=client_id)
             if hit is not None:
                 return hit
-        started = self.clock()
+        started = counts_from = self.clock()
+        if force_refresh:
+            recent = self.forced.recent(self.cache.get(reference), started)
+            if recent is not None:
+                issued = IssuedToken(recent, Source.FORCE_THROTTLED)
+                self._issued(issued, client_id)
+                return issued
+            counts_from = self.forced.counts_from(started)
         try:
             issued = await self._slow_path(
-                reference, self.cache.get(reference), started, min_ttl, force_refresh
+                reference, self.cache.get(reference), counts_from, min_ttl, force_refresh
             )
         except ReauthorizationRequired as error:
             self.metrics.token_requests.labels("reauthorization_required").inc()
@@ -152,6 +162,8 @@ class TokenService:
         except UpstreamUnavailable:
             self.metrics.token_requests.labels("unavailable").inc()
             raise
+        if force_refresh and self.forced.throttled(issued.token, started):
+            issued = IssuedToken(issued.token, Source.FORCE_THROTTLED)
         self._issued(issued, client_id)
         return issued
 

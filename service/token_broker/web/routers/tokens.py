@@ -49,7 +49,9 @@ class AccessTokenQuery(BaseModel):
     )
     force_refresh: bool = Field(
         default=False,
-        description="Refresh even if a cached token would do.",
+        description="Refresh even if a cached token would do: at most once per account every "
+        "TOKEN_BROKER_FORCED_REFRESH_INTERVAL_SECONDS (5); inside it, the token the last "
+        "forced refresh minted.",
     )
 
 
