@@ -51,6 +51,7 @@ from token_broker.store.migrations import head_revision
 from token_broker.store.redis_buckets import RedisBuckets, redis_client
 from token_broker.store.sealing import Keyring, keyring_from_settings
 from token_broker.web.dependencies import WebState
+from token_broker.web.html_headers import HtmlSecurityHeaders
 from token_broker.web.problems import (
     install_problem_handlers,
     retag_problem_media_types,
@@ -284,6 +285,7 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
     )
     install_problem_handlers(app)
     # Added first, so they run inside the request context (ids, access log, metrics).
+    app.add_middleware(HtmlSecurityHeaders, exempt_prefixes=tuple(mounts or {}))
     app.add_middleware(TokenFastPath)
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(

@@ -4,10 +4,11 @@ callback, open a re-authorization link, exchange a code."""
 from __future__ import annotations
 
 import html
+from pathlib import Path as FilePath
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from token_broker.errors import (
     AccountMismatch,
@@ -48,8 +49,11 @@ from token_broker.web.schemas import (
 router = APIRouter(tags=["oauth"])
 
 # The callback URL holds an authorization code: the answer must not be cached, and the
-# page must not hand its URL to anything it links to.
+# page (or the redirect) must not hand its URL to anything it leads to. Every HTML answer
+# also gets the broker's page protections (web/html_headers.py): nothing inline runs.
 CALLBACK_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+PAGE_STYLESHEET = FilePath(__file__).parents[1] / "static" / "page.css"
+PAGE_STYLESHEET_PATH = "/v1/oauth/page.css"
 
 
 @router.post(
@@ -167,6 +171,13 @@ async def oauth_callback(request: Request, state: State) -> Response:
     return result_page(outcome)
 
 
+@router.get(PAGE_STYLESHEET_PATH, include_in_schema=False)
+async def page_stylesheet() -> FileResponse:
+    return FileResponse(
+        PAGE_STYLESHEET, media_type="text/css", headers={"Cache-Control": "public, max-age=3600"}
+    )
+
+
 @router.get(
     "/v1/oauth/reauthorize",
     response_class=HTMLResponse,
@@ -251,8 +262,8 @@ def problem_page(error: BrokerError) -> HTMLResponse:
 
 def _page(title: str, text: str, status: int) -> HTMLResponse:
     return HTMLResponse(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
-        f"<body style='font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto'>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<link rel='stylesheet' href='{PAGE_STYLESHEET_PATH}'></head><body>"
         f"<h1>{title}</h1>{text}</body></html>",
         status_code=status,
         headers=CALLBACK_HEADERS,
