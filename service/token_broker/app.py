@@ -42,6 +42,7 @@ from token_broker.services.keepalive import KeepAlive
 from token_broker.services.listing import ListingService
 from token_broker.services.readiness import Readiness
 from token_broker.services.reauthorization import ReauthorizationLinks, link_endpoint
+from token_broker.services.state_sweep import StateSweep
 from token_broker.services.tokens import TokenService
 from token_broker.services.webhooks import Webhooks
 from token_broker.settings import ConfigurationError, Settings, load_settings
@@ -100,6 +101,7 @@ class Components:
     details: MessageDetailsService
     gmail_quota: GmailQuota
     keepalive: KeepAlive
+    state_sweep: StateSweep
 
 
 def build_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -164,6 +166,9 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
             authorizations = AuthorizationService(
                 database=database, keyring=keyring, oauth=oauth_client, settings=settings
             )
+            state_sweep = StateSweep(database, settings)
+            state_sweep.start()
+            stack.push_async_callback(state_sweep.stop)
             assert settings.redirect_uri is not None  # serving_problems() checked it
             links = ReauthorizationLinks(
                 authorizations=authorizations,
@@ -236,6 +241,7 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
                 details=details,
                 gmail_quota=gmail_quota,
                 keepalive=keepalive,
+                state_sweep=state_sweep,
             )
             app.state.web = WebState(
                 authenticator=authenticator,
