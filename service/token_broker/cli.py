@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
-import uvicorn
 from dotenv import dotenv_values
 
 from token_broker.app import build_http_client
@@ -35,6 +34,7 @@ from token_broker.settings import ConfigurationError, Settings, env_name, load_s
 from token_broker.store.database import Database, create_engine, is_postgres
 from token_broker.store.migrations import head_revision, migrate, schema_revision
 from token_broker.store.sealing import DecryptionError, Keyring, KeyringError, keyring_from_settings
+from token_broker.web.serving import serve as serve_guarded
 
 T = TypeVar("T")
 
@@ -102,8 +102,9 @@ def serve(
     # uvicorn re-raises SIGTERM after its graceful shutdown, once this handler is back in
     # place: a drained shutdown then exits 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(
+    serve_guarded(
         "token_broker.app:create_app_from_environment",
+        settings,
         factory=True,
         host=host,
         port=port,
@@ -146,8 +147,9 @@ def dev(
     except ConfigurationError as error:
         raise fail(["configuration error:", *(f"  {p}" for p in error.problems)]) from None
     typer.echo(banner(environment))
-    uvicorn.run(
+    serve_guarded(
         dev_app(environment),
+        environment.settings,
         host=host,
         port=port,
         log_config=None,

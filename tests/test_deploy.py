@@ -1,0 +1,42 @@
+"""The compose proxy in front of the replicas bounds connections as the broker does."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from token_broker.settings import Settings
+from token_broker.web.serving import KEEP_ALIVE_SECONDS
+
+COMPOSE = Path(__file__).parents[1] / "docker-compose.yml"
+
+
+def proxy_config() -> str:
+    return str(yaml.safe_load(COMPOSE.read_text())["configs"]["proxy"]["content"])
+
+
+def seconds(config: str, directive: str) -> float:
+    found = re.findall(rf"^\s*{directive}\s+(\d+)s;", config, re.MULTILINE)
+    assert found, f"{directive} is not set"
+    return float(found[-1])
+
+
+def test_the_proxy_timeouts_match_the_brokers() -> None:
+    config = proxy_config()
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert seconds(config, "client_header_timeout") == defaults.request_head_timeout_seconds
+    assert seconds(config, "client_body_timeout") == defaults.request_body_timeout_seconds
+    assert seconds(config, "keepalive_timeout") <= defaults.request_head_timeout_seconds
+    # The proxy gives up a kept-alive connection to a replica before the replica does.
+    upstream = config.split("server {")[0]
+    assert seconds(upstream, "keepalive_timeout") < KEEP_ALIVE_SECONDS
+
+
+def test_the_proxy_names_the_client_and_the_broker_believes_only_it() -> None:
+    config = proxy_config()
+    assert "X-Forwarded-For $$remote_addr;" in COMPOSE.read_text()
+    assert "proxy_add_x_forwarded_for" not in config
+    broker = yaml.safe_load(COMPOSE.read_text())["x-broker"]["environment"]
+    assert broker["FORWARDED_ALLOW_IPS"] == "*"
