@@ -40,3 +40,22 @@ def test_the_proxy_names_the_client_and_the_broker_believes_only_it() -> None:
     assert "proxy_add_x_forwarded_for" not in config
     broker = yaml.safe_load(COMPOSE.read_text())["x-broker"]["environment"]
     assert broker["FORWARDED_ALLOW_IPS"] == "*"
+
+
+def test_the_hardening_settings_and_problems_are_documented() -> None:
+    from token_broker.errors import KeyUnavailable, PayloadTooLarge, RateLimited
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for variable in (
+        "FORCED_REFRESH_INTERVAL_SECONDS",
+        "REQUEST_HEAD_TIMEOUT_SECONDS",
+        "REQUEST_BODY_TIMEOUT_SECONDS",
+        "MAX_CONNECTIONS",
+        "KEY_LOOKUPS_PER_SECOND",
+    ):
+        assert (
+            f"| `TOKEN_BROKER_{variable}`" in readme or f"`TOKEN_BROKER_{variable}` |" in readme
+        ), variable
+    for problem in (KeyUnavailable, RateLimited):
+        assert f"| `{problem.code}` | {problem.status} |" in readme, problem.code
+    assert f"`{PayloadTooLarge.code}`" in readme

@@ -186,3 +186,15 @@ async def test_a_replica_without_the_key_is_unready_and_answers_503(
         f"/v1/accounts/{SUBJECT}/access-token", headers=await connected.headers()
     )
     assert fine.status_code == 200
+
+
+async def test_every_route_that_opens_a_secret_documents_it(connected: Broker) -> None:
+    spec = (await connected.client.get("/openapi.json")).json()
+    for path, method in (
+        ("/v1/accounts/{account}/access-token", "get"),
+        ("/v1/accounts/{account}/messages", "get"),
+        ("/v1/accounts/{account}/messages/{message_id}", "get"),
+        ("/v1/accounts/{account}", "delete"),
+        ("/v1/oauth/callback", "get"),
+    ):
+        assert "`key_unavailable`" in spec["paths"][path][method]["responses"]["503"]["description"]
