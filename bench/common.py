@@ -167,6 +167,8 @@ class System:
             "TOKEN_BROKER_GMAIL_API_BASE": sandbox,
             "TOKEN_BROKER_LOG_FORMAT": "json",
             "TOKEN_BROKER_KEEPALIVE_ENABLED": "false",
+            # The benchmarks force refreshes to measure them: no throttle between them.
+            "TOKEN_BROKER_FORCED_REFRESH_INTERVAL_SECONDS": "0",
         }
         env.update({f"TOKEN_BROKER_{k.upper()}": v for k, v in extra.items()})
         return env

@@ -1,7 +1,7 @@
 """scale: refresh leases on accounts; indexes for the account walk and the keep-alive sweep
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0006
 Create Date: 2026-11-24
 """
 

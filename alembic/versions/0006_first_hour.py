@@ -1,7 +1,7 @@
 """first hour: rotating API client keys with an overlap; replica heartbeats with their key ids
 
 Revision ID: 0006
-Revises: 0002
+Revises: 0003
 Create Date: 2026-11-30
 """
 

@@ -1,7 +1,7 @@
 """mailbox changes: Gmail watches with their coalescing windows, and push receipts
 
 Revision ID: 0009
-Revises: 0002
+Revises: 0004
 Create Date: 2026-12-01
 """
 

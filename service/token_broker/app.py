@@ -53,6 +53,7 @@ from token_broker.services.mailbox_watches import WatchKeeper
 from token_broker.services.readiness import Readiness
 from token_broker.services.reauthorization import ReauthorizationLinks, link_endpoint
 from token_broker.services.replicas import Heartbeat
+from token_broker.services.state_sweep import StateSweep
 from token_broker.services.tokens import TokenService
 from token_broker.services.webhooks import Webhooks
 from token_broker.settings import ConfigurationError, Settings, load_settings
@@ -62,6 +63,7 @@ from token_broker.store.migrations import head_revision
 from token_broker.store.redis_buckets import RedisBuckets, redis_client
 from token_broker.store.sealing import Keyring, keyring_from_settings
 from token_broker.web.dependencies import WebState
+from token_broker.web.html_headers import HtmlSecurityHeaders
 from token_broker.web.metrics_listener import MetricsListener
 from token_broker.web.problems import (
     install_problem_handlers,
@@ -79,6 +81,7 @@ from token_broker.web.token_bodies import TokenBodies
 from token_broker.web.token_fast_path import TokenFastPath
 
 log = logging.getLogger("token_broker")
+
 
 DESCRIPTION = """
 Token Broker owns Google's server-side OAuth 2.0 flow with offline access for Gmail:
@@ -112,6 +115,7 @@ class Components:
     gmail_quota: GmailQuota
     keepalive: KeepAlive
     account_gauges: AccountGauges
+    state_sweep: StateSweep
     mailbox_changes: ChangesService | None = None
     watches: WatchKeeper | None = None  # with TOKEN_BROKER_GMAIL_PUSH_TOPIC only
     notices: MailboxNotices | None = None
@@ -219,6 +223,9 @@ def create_app(
             authorizations = AuthorizationService(
                 database=database, keyring=keyring, oauth=oauth_client, settings=settings
             )
+            state_sweep = StateSweep(database, settings)
+            state_sweep.start()
+            stack.push_async_callback(state_sweep.stop)
             assert settings.redirect_uri is not None  # serving_problems() checked it
             links = ReauthorizationLinks(
                 authorizations=authorizations,
@@ -310,6 +317,7 @@ def create_app(
                 oauth=oauth_client,
                 changes=changes,
                 watches=watches,
+                cursors=keyring.token_signer(),
             )
             account_gauges = AccountGauges(
                 accounts, metrics, interval=settings.metrics_accounts_interval_seconds,
@@ -334,6 +342,7 @@ def create_app(
                 mailbox_changes=mailbox_changes,
                 watches=watches,
                 notices=notices,
+                state_sweep=state_sweep,
             )
             app.state.web = WebState(
                 authenticator=authenticator,
@@ -385,6 +394,7 @@ def create_app(
     )
     install_problem_handlers(app)
     # Added first, so they run inside the request context (ids, access log, metrics).
+    app.add_middleware(HtmlSecurityHeaders, exempt_prefixes=tuple(mounts or {}))
     app.add_middleware(TokenFastPath)
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
-import uvicorn
 from dotenv import dotenv_values
 
 from token_broker.app import Components, build_http_client, create_app, tracing_from_environment
@@ -46,6 +45,7 @@ from token_broker.store.database import (
 )
 from token_broker.store.migrations import head_revision, migrate, schema_revision
 from token_broker.store.sealing import DecryptionError, Keyring, KeyringError, keyring_from_settings
+from token_broker.web.serving import serve as serve_guarded
 
 T = TypeVar("T")
 
@@ -164,8 +164,9 @@ def serve(
     # uvicorn re-raises SIGTERM after its graceful shutdown, once this handler is back in
     # place: a drained shutdown then exits 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(
+    serve_guarded(
         "token_broker.app:create_app_from_environment",
+        settings,
         factory=True,
         host=host,
         port=port,
@@ -237,7 +238,12 @@ def dev(
             environment = prepare(data_dir, host, port, keep_database_url=force)
         except ConfigurationError as error:
             raise fail(["configuration error:", *(f"  {p}" for p in error.problems)]) from None
-        serve_dev(dev_app(environment), listener, lambda: typer.echo(banner(environment)))
+        serve_dev(
+            dev_app(environment),
+            environment.settings,
+            listener,
+            lambda: typer.echo(banner(environment)),
+        )
 
 
 @app.command()

@@ -28,6 +28,7 @@ from token_broker.settings import ENV_PREFIX, Settings, load_settings
 from token_broker.store.database import Database, create_engine, is_postgres
 from token_broker.store.migrations import migrate
 from token_broker.store.sealing import Keyring
+from token_broker.web.serving import guarded_options
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -120,9 +121,17 @@ class _AnnouncingServer(uvicorn.Server):
             self.on_serving()
 
 
-def serve(app: FastAPI, listener: socket.socket, on_serving: Callable[[], None]) -> None:
+def serve(
+    app: FastAPI, settings: Settings, listener: socket.socket, on_serving: Callable[[], None]
+) -> None:
+    """Serve on the already bound `listener`, connections bounded as in production."""
     config = uvicorn.Config(
-        app, log_config=None, access_log=False, server_header=False, timeout_graceful_shutdown=5
+        app,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=5,
+        **guarded_options(settings),
     )
     _AnnouncingServer(config, on_serving).run(sockets=[listener])
 

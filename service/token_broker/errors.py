@@ -382,6 +382,27 @@ class DatabaseUnavailable(BrokerError):
     default_detail = "The broker's database is not answering; retry after retry_after seconds."
 
 
+class KeyUnavailable(BrokerError):
+    status = 503
+    code = "key_unavailable"
+    title = "Encryption key unavailable"
+    default_detail = (
+        "A stored secret this request needs is sealed with an encryption key this replica "
+        "cannot use (named by key_id: missing from its keyring, or the value does not "
+        "authenticate under it); retry after retry_after seconds, and tell the operator."
+    )
+
+    def __init__(self, key_id: str | None, *, retry_after: int = 5) -> None:
+        named = f"key {key_id}" if key_id else "a key this replica cannot identify"
+        super().__init__(
+            f"A stored secret this request needs is sealed with {named}, which this replica "
+            "cannot use (missing from its keyring, or the value does not authenticate under "
+            "it); retry after retry_after seconds, and tell the operator.",
+            retry_after=retry_after,
+            key_id=key_id,
+        )
+
+
 class NotReady(BrokerError):
     status = 503
     code = "not_ready"

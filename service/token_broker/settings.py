@@ -134,6 +134,8 @@ class Settings(BaseSettings):
     refresh_lease_seconds: float = Field(default=15.0, ge=5, le=600)
     refresh_concurrency: int = Field(default=32, ge=1, le=1000)
     token_audit_window_seconds: int = Field(default=3600, ge=1, le=86_400)
+    # A forced refresh within this long of the account's last token gets that token.
+    forced_refresh_interval_seconds: float = Field(default=5.0, ge=0, le=3600)
 
     # Gmail
     gmail_attempts: int = Field(default=5, ge=1, le=20)
@@ -160,6 +162,11 @@ class Settings(BaseSettings):
     rate_limit_burst: float = Field(default=2000.0, ge=1, le=10_000_000)
     key_lookups_per_second: float = Field(default=200.0, ge=0, le=100_000)
     max_body_bytes: int = Field(default=65_536, ge=1024, le=10_485_760)
+    # Client connections (web/serving.py): a request head, then its body, must arrive within
+    # these; past the connection budget, the longest-waiting idle connection is closed.
+    request_head_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    request_body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    max_connections: int = Field(default=10_000, ge=16, le=1_000_000)
 
     # Operations
     metrics_enabled: bool = True

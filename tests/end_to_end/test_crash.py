@@ -39,6 +39,8 @@ def broker_env(database_url: str, provider: Provider, keys: str = TEST_KEYS) -> 
         "TOKEN_BROKER_GOOGLE_CLIENT_ID": TEST_CLIENT_ID,
         "TOKEN_BROKER_GOOGLE_CLIENT_SECRET": TEST_CLIENT_SECRET,
         "TOKEN_BROKER_REDIRECT_URI": TEST_REDIRECT_URI,
+        # Each check of a stored grant forces a refresh: no throttle between them.
+        "TOKEN_BROKER_FORCED_REFRESH_INTERVAL_SECONDS": "0",
         **{f"TOKEN_BROKER_{k.upper()}": v for k, v in provider.settings().items()},
     }
 

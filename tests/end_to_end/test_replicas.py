@@ -60,6 +60,8 @@ class Fleet:
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "DEBUG",
             "LOCK_TIMEOUT_SECONDS": "20",
+            # Forced refreshes test the refresh core; their throttle is tested with it on.
+            "FORCED_REFRESH_INTERVAL_SECONDS": "0",
             **{k.upper(): str(v) for k, v in self.provider.settings().items()},
             **{k.upper(): str(v) for k, v in extra.items()},
         }
@@ -242,6 +244,31 @@ async def test_a_holder_killed_mid_refresh_frees_its_lease(fleet: Fleet) -> None
     assert after["refresh_token"] == before["refresh_token"]
     assert after["last_refreshed_at"] >= lease_until
     assert (after["refresh_lease_id"], after["refresh_lease_until"]) == (None, None)
+
+
+async def test_forced_refreshes_on_two_replicas_make_one_refresh_per_interval(
+    fleet: Fleet,
+) -> None:
+    a, b = await fleet.start(2, FORCED_REFRESH_INTERVAL_SECONDS="1")
+    subject = await fleet.connect(a)
+    fleet.provider.state.calls.clear()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answers: list[httpx.Response] = []
+    while loop.time() - started < 3:
+        answers += await asyncio.gather(
+            *(
+                fleet.token(replica, subject, force_refresh="true")
+                for _ in range(25)
+                for replica in (a, b)
+            )
+        )
+    elapsed = loop.time() - started
+    assert {response.status_code for response in answers} == {200}
+    for token in {response.json()["access_token"] for response in answers}:
+        register_secret(token)
+    refreshes = fleet.provider.state.calls["token:refresh_token"]
+    assert 1 <= refreshes <= int(elapsed) + 1, (refreshes, elapsed, len(answers))
 
 
 async def test_deletion_reaches_every_replica_promptly(fleet: Fleet) -> None:

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlmodel import select
 
 from token_broker.kit.clock import utcnow
 from token_broker.store.database import Database
@@ -115,14 +116,18 @@ async def test_expired_and_unknown_states_are_not_consumed(database: Database) -
     assert await _consume(database, "0" * 64) is None
 
 
-async def test_purge_removes_only_states_expired_before_the_cutoff(database: Database) -> None:
-    old = await _add_state(database, expires_in=-7200)
+async def test_purge_removes_used_and_expired_states_only(database: Database) -> None:
+    expired = await _add_state(database, expires_in=-1)
+    used = await _add_state(database)
     live = await _add_state(database)
+    assert await _consume(database, used) is not None
     async with database.transaction() as session:
-        purged = await OAuthStateRepository(session).purge_expired(utcnow() - timedelta(hours=1))
-    assert purged == 1
-    assert await _consume(database, old) is None
-    assert await _consume(database, live) is not None
+        purged = await OAuthStateRepository(session).purge_finished(utcnow(), limit=100)
+    assert purged == 2
+    async with database.transaction() as session:
+        left = (await session.exec(select(OAuthState))).all()
+    assert [state.state_hash for state in left] == [live]
+    assert expired not in {state.state_hash for state in left}
 
 
 async def test_rotation_batches_walk_every_account_once_in_id_order(database: Database) -> None:

@@ -50,6 +50,9 @@ def settings_factory(database_url: str) -> Callable[..., Settings]:
             "return_to_allowlist": ("https://app.example/connected",),
             "api_key_cache_seconds": 5.0,
             "access_log": True,
+            # Tests of refreshes force them back to back; the throttle of forced
+            # refreshes is tested with it on (tests/services/test_forced_refresh.py).
+            "forced_refresh_interval_seconds": 0,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -160,4 +163,5 @@ def cli_env(database_url: str) -> dict[str, str]:
             for name in ("AUTH_URI", "TOKEN_URI", "USERINFO_URI", "REVOKE_URI", "JWKS_URI")
         },
         "TOKEN_BROKER_GMAIL_API_BASE": UPSTREAM,
+        "TOKEN_BROKER_FORCED_REFRESH_INTERVAL_SECONDS": "0",
     }

@@ -23,13 +23,18 @@ def free_port() -> int:
 
 
 class BrokerProcess:
-    def __init__(self, env: dict[str, str], *, name: str, workers: int = 1) -> None:
+    def __init__(
+        self, env: dict[str, str], *, name: str, workers: int = 1, fd_limit: int | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = ARTIFACTS / f"{name}-{uuid.uuid4().hex[:6]}.log"
         self._log = self.log_path.open("w")
+        # util-linux's prlimit: at most `fd_limit` open files, soft and hard alike.
+        limit = ["prlimit", f"--nofile={fd_limit}:{fd_limit}"] if fd_limit else []
         self.process = subprocess.Popen(
             [
+                *limit,
                 sys.executable,
                 "-m",
                 "token_broker",

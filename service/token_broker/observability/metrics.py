@@ -47,7 +47,7 @@ class Metrics:
         self.token_requests = Counter(
             "token_broker_access_token_requests",
             "Access-token requests by outcome: cache_hit, database, refreshed, waited, "
-            "refreshed_elsewhere, reauthorization_required, unavailable.",
+            "refreshed_elsewhere, force_throttled, reauthorization_required, unavailable.",
             ["outcome"],
             registry=registry,
         )

@@ -156,11 +156,21 @@ class AccountStates:
         return StoredGrant(account, reactivated, sharing)
 
     async def record_refresh(
-        self, session: AsyncSession, account: Account, grant: TokenGrant, *, trigger: str
+        self,
+        session: AsyncSession,
+        account: Account,
+        grant: TokenGrant,
+        *,
+        trigger: str,
+        forced: bool = False,
     ) -> None:
-        """A refresh succeeded: the new access token (and a rotated refresh token) stored."""
+        """A refresh succeeded: the new access token (and a rotated refresh token) stored.
+
+        `forced`: a caller's force_refresh made it (the forced-refresh throttle's clock)."""
         self._seal_tokens(account, grant)
         account.last_refreshed_at = grant.received_at
+        if forced:
+            account.forced_refresh_at = grant.received_at
         account.last_refresh_error = None
         account.updated_at = utcnow()
         await AccountRepository(session).save(account)

@@ -1,10 +1,12 @@
-"""Connected accounts: read by subject or email, list in pages, delete (revoking upstream)."""
+"""Connected accounts: read by subject or email, list in pages, delete (revoking upstream).
+
+A page's `next_cursor` is opaque and signed (`kit/signed_tokens.py`): it names where
+the walk stopped and the filters it walked with, and any cursor the broker did not
+issue, or issued for other filters, is 400 `invalid_cursor` before any query runs.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from token_broker.errors import AccountNotFound, InvalidCursor
 from token_broker.google.oauth import OAuthClient
 from token_broker.google.transport import UpstreamProtocolError
 from token_broker.kit.retry import TransientError
+from token_broker.kit.signed_tokens import BadSignedToken, TokenSigner
 from token_broker.services.account_states import PROVIDER, AccountStates
 from token_broker.services.mailbox_watches import WatchKeeper
 from token_broker.store.change_feed import ChangeFeed
@@ -24,19 +27,31 @@ from token_broker.store.repositories import AccountRepository
 log = logging.getLogger("token_broker.accounts")
 
 
-def encode_cursor(account: Account) -> str:
-    raw = json.dumps([account.created_at.isoformat(), account.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+CURSOR_PURPOSE = "accounts"
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created_at, account_id = json.loads(base64.urlsafe_b64decode(padded))
-        uuid.UUID(account_id)
-        return datetime.fromisoformat(created_at), str(account_id)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, AttributeError):
-        raise InvalidCursor() from None
+@dataclass(frozen=True)
+class AccountCursor:
+    """Where a walk of the accounts stopped, and the filters it walked with."""
+
+    signer: TokenSigner
+
+    def encode(self, account: Account, *, email: str | None, status: str | None) -> str:
+        claims = {"at": account.created_at.isoformat(), "id": account.id, "f": [email, status]}
+        return self.signer.sign(CURSOR_PURPOSE, claims)
+
+    def decode(self, cursor: str, *, email: str | None, status: str | None) -> tuple[datetime, str]:
+        try:
+            claims = self.signer.verify(CURSOR_PURPOSE, cursor)
+            if claims.get("f") != [email, status]:
+                raise InvalidCursor("cursor belongs to a listing with other filters; start again.")
+            created_at = datetime.fromisoformat(claims["at"])
+            account_id = str(uuid.UUID(claims["id"]))
+        except (BadSignedToken, KeyError, ValueError, TypeError):
+            raise InvalidCursor() from None
+        if created_at.tzinfo is None:
+            raise InvalidCursor()
+        return created_at, account_id
 
 
 @dataclass(frozen=True)
@@ -54,8 +69,10 @@ class AccountService:
         oauth: OAuthClient,
         changes: ChangeFeed,
         watches: WatchKeeper | None = None,
+        cursors: TokenSigner,
     ) -> None:
         self.database = database
+        self.cursors = AccountCursor(cursors)
         self.account_states = account_states
         self.oauth = oauth
         self.changes = changes
@@ -71,7 +88,7 @@ class AccountService:
     async def page(
         self, *, email: str | None, status: str | None, cursor: str | None, limit: int
     ) -> tuple[list[Account], str | None]:
-        after = decode_cursor(cursor) if cursor else None
+        after = self.cursors.decode(cursor, email=email, status=status) if cursor else None
         async with self.database.transaction() as session:
             rows = list(
                 await AccountRepository(session).page(
@@ -79,7 +96,7 @@ class AccountService:
                 )
             )
         if len(rows) > limit:
-            return rows[:limit], encode_cursor(rows[limit - 1])
+            return rows[:limit], self.cursors.encode(rows[limit - 1], email=email, status=status)
         return rows, None
 
     async def delete(self, reference: str, *, client_id: str | None) -> Deletion:

@@ -8,13 +8,16 @@ the secret itself. A key that high in entropy needs no slow hash.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 from token_broker.errors import BadRequest, Forbidden, RateLimited, Unauthenticated
 from token_broker.kit.clock import utcnow
@@ -23,6 +26,7 @@ from token_broker.kit.single_flight import SingleFlight
 from token_broker.store.database import Database
 from token_broker.store.repositories import ApiClientRepository
 
+V = TypeVar("V")
 KEY_PREFIX = "tbk_"
 _KEY_SHAPE = re.compile(r"^tbk_[A-Za-z0-9_-]{43}$")
 
@@ -68,13 +72,40 @@ def parse_permissions(values: Iterable[str]) -> frozenset[str]:
     return permissions
 
 
+def spray_source(address: str | None) -> str:
+    """Whose spray budget a request spends: its source address; IPv6 by /64, since one
+    host commonly holds a whole /64 and could otherwise pick a fresh address per key."""
+    if not address:
+        return "unknown"
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return str(parsed)
+
+
 class Authenticator:
     """Turns a Bearer key into a `Caller`, caching lookups for `ttl` seconds.
 
     The cache keeps the hot path off the database; it also bounds how long a revoked
     key keeps working in a replica that did not hear of the revocation: at most `ttl`.
-    Unknown keys are cached too, so a caller spraying bad keys costs one lookup each
-    per `ttl`, bounded by `max_entries`.
+
+    Spraying random keys must cost the database little and lock no one out:
+
+    - a key this replica has found valid is *known*: when its entry expires it is
+      looked up again (one query per key per `ttl`, shared by every request in flight
+      with it) without spending any budget, so no spray can refuse it;
+    - an unknown key's answer is cached too (negatively), so repeating it is free;
+    - a key this replica has not seen costs its source address one lookup from that
+      source's budget (`lookups`, per source: IPv6 by /64); past it that source, and
+      only that source, gets 429 until its budget refills.
+
+    Known and unknown keys are kept apart, each bounded (oldest out first), so a flood
+    of unknown keys never pushes a known one out.
     """
 
     def __init__(
@@ -85,35 +116,40 @@ class Authenticator:
         max_entries: int = 10_000,
         per_client: RateLimiter | None = None,
         lookups: RateLimiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.database = database
         self.ttl = ttl
+        self.clock = clock
         self.max_entries = max_entries
         self.per_client = per_client or RateLimiter(0, 1)
-        # Keys this replica has not seen recently cost a query each: bounded, so a caller
-        # spraying random keys cannot turn into a flood of queries.
         self.lookups = lookups or RateLimiter(0, 1)
-        self._cache: dict[str, tuple[float, Caller | None]] = {}
+        # key hash -> (fresh until, caller); refreshed entries move to the end.
+        self._known: OrderedDict[str, tuple[float, Caller]] = OrderedDict()
+        self._unknown: OrderedDict[str, float] = OrderedDict()  # key hash -> fresh until
         self._lookups: SingleFlight[str, Caller | None] = SingleFlight("api-key-lookup")
 
-    async def authenticate(self, key: str | None) -> Caller:
+    async def authenticate(self, key: str | None, *, source: str | None = None) -> Caller:
+        """The caller holding `key`; `source` is the request's client address."""
         if not key or not _KEY_SHAPE.match(key):
             raise Unauthenticated()
         key_hash = hash_api_key(key)
-        cached = self._cache.get(key_hash)
-        if cached is not None and cached[0] > time.monotonic():
-            caller = cached[1]
+        known = self._known.get(key_hash)
+        if known is not None and known[0] > self.clock():
+            caller: Caller | None = known[1]
+        elif known is not None:
+            caller = await self._lookup(key_hash)
         else:
+            if self._unknown.get(key_hash, 0.0) > self.clock():
+                raise Unauthenticated()
             if not self._lookups.running(key_hash):
-                wait = self.lookups.take("lookup")
+                wait = self.lookups.take(spray_source(source))
                 if wait is not None:
                     raise RateLimited(
-                        "Too many unfamiliar API keys at once; retry shortly.",
+                        "Too many unfamiliar API keys from this address; retry shortly.",
                         retry_after=max(1, math.ceil(wait)),
                     )
-            # One lookup per key at a time: when an entry expires under load, every
-            # request in flight with that key would otherwise query at once.
-            caller = await self._lookups.run(key_hash, lambda: self._lookup_and_cache(key_hash))
+            caller = await self._lookup(key_hash)
         if caller is None:
             raise Unauthenticated()
         wait = self.per_client.take(caller.client_id)
@@ -121,11 +157,20 @@ class Authenticator:
             raise RateLimited(retry_after=max(1, math.ceil(wait)))
         return caller
 
+    async def _lookup(self, key_hash: str) -> Caller | None:
+        # One lookup per key at a time: when an entry expires under load, every
+        # request in flight with that key would otherwise query at once.
+        return await self._lookups.run(key_hash, lambda: self._lookup_and_cache(key_hash))
+
     async def _lookup_and_cache(self, key_hash: str) -> Caller | None:
-        caller, holds_for = await self._lookup(key_hash)
-        if len(self._cache) >= self.max_entries:
-            self._cache.clear()
-        self._cache[key_hash] = (time.monotonic() + min(self.ttl, holds_for), caller)
+        caller, holds_for = await self._query(key_hash)
+        fresh_until = self.clock() + min(self.ttl, holds_for)
+        self._known.pop(key_hash, None)
+        self._unknown.pop(key_hash, None)
+        if caller is None:
+            _bounded_put(self._unknown, key_hash, fresh_until, self.max_entries)
+        else:
+            _bounded_put(self._known, key_hash, (fresh_until, caller), self.max_entries)
         return caller
 
     def on_change(self, kind: str, identifier: str | None) -> None:
@@ -133,15 +178,17 @@ class Authenticator:
             self.forget(identifier)
 
     def forget(self, client_id: str | None = None) -> None:
-        """Drop cached entries (all, or one client's) after a revocation."""
-        if client_id is None:
-            self._cache.clear()
-            return
-        for key_hash, (_, caller) in list(self._cache.items()):
-            if caller is not None and caller.client_id == client_id:
-                del self._cache[key_hash]
+        """Look keys up again (all, or one client's) on their next use, after a revocation.
 
-    async def _lookup(self, key_hash: str) -> tuple[Caller | None, float]:
+        They stay known: the next use costs a query, never a spray budget.
+        """
+        if client_id is None:
+            self._unknown.clear()
+        for key_hash, (_, caller) in list(self._known.items()):
+            if client_id is None or caller.client_id == client_id:
+                self._known[key_hash] = (0.0, caller)
+
+    async def _query(self, key_hash: str) -> tuple[Caller | None, float]:
         """The caller a key stands for, and for how many seconds that answer holds."""
         async with self.database.transaction() as session:
             client = await ApiClientRepository(session).by_key_hash(key_hash)
@@ -154,3 +201,9 @@ class Authenticator:
         expires = client.previous_key_expires_at
         remaining = (expires - utcnow()).total_seconds() if expires is not None else 0.0
         return (caller, remaining) if remaining > 0 else (None, self.ttl)
+
+
+def _bounded_put(entries: OrderedDict[str, V], key: str, value: V, limit: int) -> None:
+    entries[key] = value
+    while len(entries) > limit:
+        entries.popitem(last=False)

@@ -123,11 +123,7 @@ class AuthorizationService:
         )
         assert row.authorization_id is not None
         async with self.database.transaction() as session:
-            await OAuthStateRepository(session).purge_expired(now)
             authorizations = AuthorizationRepository(session)
-            await authorizations.purge_created_before(
-                now - timedelta(days=self.settings.authorization_retention_days)
-            )
             await authorizations.add(
                 Authorization(
                     id=row.authorization_id,
@@ -163,9 +159,7 @@ class AuthorizationService:
             target=target,
         )
         async with self.database.transaction() as session:
-            states = OAuthStateRepository(session)
-            await states.purge_expired(now)
-            await states.add(row)
+            await OAuthStateRepository(session).add(row)
         return url
 
     def _new_state(

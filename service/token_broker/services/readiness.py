@@ -1,7 +1,16 @@
 """Readiness: can this replica serve? Database up, schema at head, keyring works, the stored
-secrets it samples open with it, not draining."""
+secrets it samples open with it, not draining.
+
+The keyring check also reports what the keyring failed to open while serving: stored
+secrets sealed with a key this replica lacks make it unready (another replica, given
+the key, serves them); values that did not authenticate under a key it has (altered,
+or copied from another row) are reported as degraded for a while, without taking the
+replica out.
+"""
 
 from __future__ import annotations
+
+import time
 
 from token_broker.kit.drain import Drain
 from token_broker.services.gmail_quota import GmailQuota
@@ -11,6 +20,8 @@ from token_broker.store.migrations import schema_revision
 from token_broker.store.sealing import Keyring, SecretColumn
 
 _PROBE = SecretColumn("readiness", "probe")
+# How long a value that did not authenticate keeps the keyring check degraded.
+REJECTED_REPORTED_SECONDS = 900
 
 
 class Readiness:
@@ -48,14 +59,43 @@ class Readiness:
                 checks["secrets"] = sample.problem() or "ok"
             except Exception as error:
                 checks["secrets"] = f"not sampled ({type(error).__name__})"
+        checks["keyring"] = self._keyring()
+        checks["gmail_quota"] = self.gmail_quota.status()
+        return checks
+
+    def _keyring(self) -> str:
         try:
             sealed = self.keyring.seal("probe", column=_PROBE, row="probe")
             self.keyring.open(sealed, column=_PROBE, row="probe")
-            checks["keyring"] = "ok"
         except Exception as error:
-            checks["keyring"] = f"failed ({type(error).__name__})"
-        checks["gmail_quota"] = self.gmail_quota.status()
-        return checks
+            return f"failed ({type(error).__name__})"
+        failures = self.keyring.failures
+        if failures.missing:
+            named = ", ".join(
+                f"{kid} ({_values(count)} could not be opened)"
+                for kid, count in sorted(failures.missing.items())
+            )
+            return (
+                f"missing key {named}: stored secrets are sealed with it; add it to "
+                "TOKEN_BROKER_ENCRYPTION_KEYS on this replica"
+            )
+        now = time.monotonic()
+        recent = sorted(
+            (kid, count, now - at)
+            for kid, (count, at) in failures.rejected.items()
+            if now - at < REJECTED_REPORTED_SECONDS
+        )
+        if recent:
+            named = ", ".join(
+                f"{_values(count)} under key {kid} (last {age:.0f} s ago)"
+                for kid, count, age in recent
+            )
+            return f"degraded: stored values did not authenticate: {named}; altered or copied"
+        return "ok"
+
+
+def _values(count: int) -> str:
+    return f"{count} stored value" + ("" if count == 1 else "s")
 
 
 def failing(checks: dict[str, str]) -> list[str]:

@@ -4,6 +4,11 @@ A keyring that loads is not enough: after `keys rotate`, a replica still holding
 only the old key loads its keyring fine, then fails every refresh. `/readyz` and
 `check` open the secrets of the first accounts by id (a cheap read, and the rows a
 rotation re-seals first) and name each key id they cannot open.
+
+A value sealed with a key this replica lacks makes it unfit to serve (give it the
+key). A value that does not authenticate under a key it has (altered, or copied from
+another row) is one row's damage, not the replica's: it is reported as degraded, the
+way `/readyz`'s keyring check reports such values met while serving.
 """
 
 from __future__ import annotations
@@ -24,20 +29,23 @@ class SampleReport:
     opened: int = 0
     failed: Counter[str] = field(default_factory=Counter)  # key id -> values it did not open
     reasons: dict[str, str] = field(default_factory=dict)
+    missing: set[str] = field(default_factory=set)  # key ids this replica does not hold
 
     @property
     def sampled(self) -> int:
         return self.opened + sum(self.failed.values())
 
     def problem(self) -> str | None:
-        """One line naming the key ids that failed, or None when everything opened."""
+        """One line naming the key ids that failed (prefixed "degraded: " unless a key this
+        replica lacks is among them), or None when everything opened."""
         if not self.failed:
             return None
         parts = [
             f"key {kid} ({self.reasons[kid]}; {count} of {self.sampled} sampled values)"
             for kid, count in sorted(self.failed.items())
         ]
-        return "cannot open secrets sealed with " + ", ".join(parts)
+        line = "cannot open secrets sealed with " + ", ".join(parts)
+        return line if self.missing else f"degraded: {line}"
 
 
 async def sample_secrets(
@@ -60,6 +68,8 @@ async def sample_secrets(
                 kid, reason = _why(value, column, keyring)
                 report.failed[kid] += 1
                 report.reasons[kid] = reason
+                if kid != "?" and kid not in keyring.key_ids:
+                    report.missing.add(kid)
     return report
 
 

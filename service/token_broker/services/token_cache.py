@@ -20,6 +20,8 @@ class CachedToken:
     expires_at: float
     minted_at: float
     scopes: tuple[str, ...]
+    # When a caller's force_refresh last made a refresh for the account (None: never).
+    forced_at: float | None = None
 
     def remaining(self, now: float) -> float:
         return self.expires_at - now

@@ -42,6 +42,7 @@ from token_broker.kit.single_flight import SingleFlight
 from token_broker.observability.metrics import Metrics
 from token_broker.services.account_states import PROVIDER, AccountStates
 from token_broker.services.audit import Action, AuditBuffer
+from token_broker.services.forced_refresh import ForcedRefreshes
 from token_broker.services.reauthorization import ReauthorizationLinks
 from token_broker.services.refresh_leases import Lease, RefreshLeases
 from token_broker.services.token_cache import CachedToken, TokenCache
@@ -63,6 +64,7 @@ class Source(StrEnum):
     REFRESHED = "refreshed"
     WAITED = "waited"
     REFRESHED_ELSEWHERE = "refreshed_elsewhere"
+    FORCE_THROTTLED = "force_throttled"
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,11 @@ class RefreshRequest:
     min_ttl: int
     force_refresh: bool
     trigger: str = "request"
+
+    @property
+    def caller_forced(self) -> bool:
+        """A caller's force_refresh (the keep-alive forces too, but throttles nothing)."""
+        return self.force_refresh and self.trigger == "request"
 
 
 Outcome = tuple[CachedToken, Source] | _DeadGrant
@@ -118,6 +125,7 @@ class TokenService:
         self.clock = clock
         self.sleep = sleep
         self.cache = TokenCache(settings.token_cache_size)
+        self.forced = ForcedRefreshes(settings.forced_refresh_interval_seconds)
         self.backoff = Backoff(
             attempts=settings.refresh_attempts,
             budget=settings.refresh_budget_seconds,
@@ -154,6 +162,12 @@ class TokenService:
             if hit is not None:
                 return hit
         started = self.clock()
+        if force_refresh:
+            recent = self.forced.recent(self.cache.get(reference), started)
+            if recent is not None:
+                issued = IssuedToken(recent, Source.FORCE_THROTTLED)
+                self._issued(issued, client_id)
+                return issued
         try:
             issued = await self._slow_path(
                 reference, self.cache.get(reference), started, min_ttl, force_refresh
@@ -164,6 +178,8 @@ class TokenService:
         except UpstreamUnavailable:
             self.metrics.token_requests.labels("unavailable").inc()
             raise
+        if force_refresh and self.forced.throttled(issued.token, started):
+            issued = IssuedToken(issued.token, Source.FORCE_THROTTLED)
         self._issued(issued, client_id)
         return issued
 
@@ -254,7 +270,9 @@ class TokenService:
     ) -> bool:
         if token.minted_at >= started:
             return True  # minted after this request began: the best there is
-        return not force_refresh and token.remaining(self.clock()) >= min_ttl
+        if force_refresh:
+            return self.forced.satisfies(token, started)
+        return token.remaining(self.clock()) >= min_ttl
 
     async def _load(self, reference: str) -> tuple[str, CachedToken | None]:
         """The account's id and stored token, read (and decrypted, and cached) once for
@@ -287,6 +305,7 @@ class TokenService:
             expires_at=account.access_token_expires_at.timestamp(),
             minted_at=(account.last_refreshed_at or account.updated_at).timestamp(),
             scopes=self._scopes(account.scopes),
+            forced_at=account.forced_refresh_at.timestamp() if account.forced_refresh_at else None,
         )
 
     def _scopes(self, stored: str) -> tuple[str, ...]:
@@ -366,7 +385,9 @@ class TokenService:
                     "This account's refresh took too long and was taken over; retry.",
                     retry_after=1,
                 )
-            return await self._record(session, account, result, request.trigger)
+            return await self._record(
+                session, account, result, request.trigger, forced=request.caller_forced
+            )
 
     def _already_done(self, account: Account, request: RefreshRequest) -> Outcome | None:
         if account.status == AccountStatus.REVOKED:
@@ -408,13 +429,17 @@ class TokenService:
         account: Account,
         result: TokenGrant | OAuthError,
         trigger: str,
+        *,
+        forced: bool,
     ) -> Outcome:
         if isinstance(result, OAuthError):
             await self.account_states.mark_revoked(
                 session, account, error=result.error, trigger=trigger
             )
             return _DeadGrant(result.error, account.email)
-        await self.account_states.record_refresh(session, account, result, trigger=trigger)
+        await self.account_states.record_refresh(
+            session, account, result, trigger=trigger, forced=forced
+        )
         token = CachedToken(
             account_id=account.id,
             subject=account.subject,
@@ -423,5 +448,6 @@ class TokenService:
             expires_at=result.expires_at.timestamp(),
             minted_at=result.received_at.timestamp(),
             scopes=self._scopes(account.scopes),
+            forced_at=account.forced_refresh_at.timestamp() if account.forced_refresh_at else None,
         )
         return token, Source.REFRESHED

@@ -104,6 +104,8 @@ class Account(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
     last_refreshed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # When a caller's force_refresh last made a refresh (the forced-refresh throttle).
+    forced_refresh_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_refresh_error: str | None = Field(default=None, max_length=64)
     refresh_lease_id: str | None = Field(default=None, max_length=36)
     refresh_lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -292,10 +292,18 @@ class OAuthStateRepository:
                 list(rows),
             )
 
-    async def purge_expired(self, before: datetime) -> int:
+    async def purge_finished(self, now: datetime, *, limit: int) -> int:
+        """Delete up to `limit` states that were used or have expired; how many went."""
+        finished = (
+            sa.select(col(OAuthState.state_hash))
+            .where(
+                sa.or_(col(OAuthState.consumed_at).is_not(None), col(OAuthState.expires_at) <= now)
+            )
+            .limit(limit)
+        )
         connection = await self.session.connection()
         result = await connection.execute(
-            sa.delete(OAuthState).where(col(OAuthState.expires_at) < before)
+            sa.delete(OAuthState).where(col(OAuthState.state_hash).in_(finished.scalar_subquery()))
         )
         return int(result.rowcount or 0)
 

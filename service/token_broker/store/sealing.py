@@ -5,6 +5,10 @@ version and key id travel with the value, so several keys can be loaded at once
 (the first encrypts, all decrypt) and `keys rotate` can tell what to re-encrypt.
 The associated data names the format, key id, table, column and row, so a value
 copied to another row, column or table does not decrypt.
+
+A keyring remembers what it failed to open (by key id, never a value), so `/readyz`
+can say a replica lacks a key the stored secrets use, and callers get the documented
+503 `key_unavailable` naming the key id instead of a 500.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import logging
 import os
 import re
 import secrets
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -40,7 +45,38 @@ class KeyringError(Exception):
 
 
 class DecryptionError(Exception):
-    """A stored value cannot be opened. Messages name the key id and binding, never data."""
+    """A stored value cannot be opened. Messages name the key id and binding, never data.
+
+    `key_id` names the key the value says it is sealed with (None when the value is not
+    even a sealed value); `missing` says that key is not in this keyring at all.
+    """
+
+    def __init__(self, message: str, *, key_id: str | None, missing: bool = False) -> None:
+        super().__init__(message)
+        self.key_id = key_id
+        self.missing = missing
+
+
+@dataclass
+class OpenFailures:
+    """Stored values a keyring could not open since the process started, by key id.
+
+    `missing`: values sealed with a key this keyring lacks (it cannot gain one without a
+    restart, so this stays). `rejected`: values that did not authenticate under a key it
+    has (altered, copied from elsewhere) or were not sealed values, with when it last
+    happened (monotonic seconds).
+    """
+
+    missing: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def note(self, error: DecryptionError) -> None:
+        kid = error.key_id or "?"
+        if error.missing:
+            self.missing[kid] = self.missing.get(kid, 0) + 1
+        else:
+            count, _ = self.rejected.get(kid, (0, 0.0))
+            self.rejected[kid] = (count + 1, time.monotonic())
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +93,7 @@ class SecretColumn:
 class Keyring:
     """AES-256-GCM keys by id. The first key is primary: it seals; every key opens."""
 
-    __slots__ = ("_ciphers", "_material", "primary_kid")
+    __slots__ = ("_ciphers", "_material", "failures", "primary_kid")
 
     def __init__(self, keys: list[tuple[str, bytes]]) -> None:
         if not keys:
@@ -76,6 +112,7 @@ class Keyring:
             self._ciphers[kid] = AESGCM(key)
         self._material = dict(keys)
         self.primary_kid = keys[0][0]
+        self.failures = OpenFailures()
 
     def __repr__(self) -> str:
         return f"Keyring(kids={list(self._ciphers)!r}, primary={self.primary_kid!r})"
@@ -136,12 +173,21 @@ class Keyring:
         return f"{FORMAT_VERSION}.{kid}.{body}"
 
     def open(self, stored: str, *, column: SecretColumn, row: str) -> SecretStr:
+        try:
+            return self._open(stored, column=column, row=row)
+        except DecryptionError as error:
+            self.failures.note(error)
+            raise
+
+    def _open(self, stored: str, *, column: SecretColumn, row: str) -> SecretStr:
         kid, payload = self._split(stored, column)
         cipher = self._ciphers.get(kid)
         if cipher is None:
             raise DecryptionError(
                 f"{column.table}.{column.column} is sealed with key {kid!r}, "
-                "which is not in the keyring"
+                "which is not in the keyring",
+                key_id=kid,
+                missing=True,
             )
         try:
             plaintext = cipher.decrypt(
@@ -150,7 +196,8 @@ class Keyring:
         except InvalidTag:
             raise DecryptionError(
                 f"{column.table}.{column.column} does not authenticate under key {kid!r} for "
-                "this row: it was copied from elsewhere, altered, or the key material changed"
+                "this row: it was copied from elsewhere, altered, or the key material changed",
+                key_id=kid,
             ) from None
         return SecretStr(plaintext.decode())
 
@@ -170,18 +217,21 @@ class Keyring:
     def _split(stored: str, column: SecretColumn) -> tuple[str, bytes]:
         version, _, rest = stored.partition(".")
         kid, _, body = rest.partition(".")
-        if version != FORMAT_VERSION or not kid or not body:
+        if version != FORMAT_VERSION or not _KEY_ID.fullmatch(kid) or not body:
             raise DecryptionError(
-                f"{column.table}.{column.column} is not a {FORMAT_VERSION} sealed value"
+                f"{column.table}.{column.column} is not a {FORMAT_VERSION} sealed value",
+                key_id=None,
             )
         try:
             payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         except (binascii.Error, ValueError):
             raise DecryptionError(
-                f"{column.table}.{column.column} has a corrupt sealed value"
+                f"{column.table}.{column.column} has a corrupt sealed value", key_id=kid
             ) from None
         if len(payload) <= _NONCE_BYTES + 16:
-            raise DecryptionError(f"{column.table}.{column.column} has a truncated sealed value")
+            raise DecryptionError(
+                f"{column.table}.{column.column} has a truncated sealed value", key_id=kid
+            )
         return kid, payload
 
 

@@ -63,11 +63,13 @@ def require(permission: Permission | None) -> Callable[..., Awaitable[Caller]]:
     """A dependency for an authenticated caller holding `permission` (None: any key)."""
 
     async def authenticated_caller(
+        request: Request,
         state: State,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Caller:
         caller = await state.authenticator.authenticate(
-            credentials.credentials if credentials else None
+            credentials.credentials if credentials else None,
+            source=request.client.host if request.client else None,
         )
         if permission is not None:
             caller.require(permission)

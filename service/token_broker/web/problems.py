@@ -22,6 +22,7 @@ from token_broker.errors import (
     DatabaseUnavailable,
     HeadersTooLarge,
     InternalError,
+    KeyUnavailable,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -30,6 +31,7 @@ from token_broker.errors import (
     ValidationFailed,
     problem_type,
 )
+from token_broker.store.sealing import DecryptionError
 from token_broker.web.schemas import Problem
 
 log = logging.getLogger("token_broker.errors")
@@ -50,10 +52,14 @@ def as_broker_error(error: BaseException) -> BrokerError | None:
     """The documented problem an exception stands for, or None if it is a bug.
 
     A database that refuses connections, drops them, times out a lock or has no free
-    connection in the pool is an outage to retry after, not an internal error.
+    connection in the pool is an outage to retry after, not an internal error; so is a
+    stored secret this replica's keyring cannot open (`/readyz` says which key).
     """
     if isinstance(error, BrokerError):
         return error
+    if isinstance(error, DecryptionError):
+        log.warning("stored secret did not open: %s", error)
+        return KeyUnavailable(error.key_id)
     if isinstance(
         error, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError | OSError
     ) or (isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated):
@@ -136,6 +142,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(sa_exc.SQLAlchemyError, _infrastructure_error)
     app.add_exception_handler(OSError, _infrastructure_error)
+    app.add_exception_handler(DecryptionError, _infrastructure_error)
 
 
 def problem_responses(*errors: type[BrokerError]) -> dict[int | str, dict[str, Any]]:

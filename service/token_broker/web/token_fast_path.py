@@ -6,21 +6,27 @@ parameter validation costing about twice the rest of the request, so the endpoin
 is answered here, a few lines of ASGI in front of the router that call the same
 service and render the same body and the same problems. Anything it is not sure
 about goes on to the FastAPI route (`web/routers/tokens.py`), which validates it.
+
+It accepts exactly what the route accepts: the query is parsed by Starlette's own
+parser and validated by the route's own model (`AccessTokenQuery`), and the key is
+read from the header by FastAPI's own function; no second, hand-written parser.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
 
+from fastapi.security.utils import get_authorization_scheme_param
+from pydantic import ValidationError
+from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from token_broker.services.api_keys import Permission
 from token_broker.web.dependencies import WebState
 from token_broker.web.problems import as_broker_error, problem_response
 from token_broker.web.routers.accounts import ACCOUNT_REF
-from token_broker.web.routers.tokens import MAX_MIN_TTL, NO_STORE, ROUTE
+from token_broker.web.routers.tokens import NO_STORE, ROUTE, AccessTokenQuery
 
 
 @dataclass(frozen=True)
@@ -34,9 +40,7 @@ _OK_HEADERS = [
     (b"content-type", b"application/json"),
     *((name.lower().encode(), value.encode()) for name, value in NO_STORE.items()),
 ]
-# The spellings FastAPI accepts for a bool query parameter.
-_TRUE = {"true", "1", "on", "yes", "t", "y"}
-_FALSE = {"false", "0", "off", "no", "f", "n"}
+_DEFAULT_QUERY = AccessTokenQuery()
 
 
 class TokenFastPath:
@@ -51,7 +55,12 @@ class TokenFastPath:
             request = self._understood(scope) if match else None
             if request is not None:
                 scope["route"] = _TEMPLATE  # what the router would have matched, for metrics
-                status, headers, body = await self._answer(match.group(1), *request)  # type: ignore[union-attr]
+                client = scope.get("client")
+                status, headers, body = await self._answer(
+                    match.group(1),  # type: ignore[union-attr]
+                    *request,
+                    source=client[0] if client else None,
+                )
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 return
@@ -59,10 +68,16 @@ class TokenFastPath:
 
     @staticmethod
     async def _answer(
-        reference: str, state: WebState, key: str | None, min_ttl: int, force_refresh: bool
+        reference: str,
+        state: WebState,
+        key: str | None,
+        min_ttl: int,
+        force_refresh: bool,
+        *,
+        source: str | None,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         try:
-            caller = await state.authenticator.authenticate(key)
+            caller = await state.authenticator.authenticate(key, source=source)
             caller.require(Permission.TOKENS_READ)
             issued = await state.tokens.access_token(
                 reference, min_ttl=min_ttl, force_refresh=force_refresh, client_id=caller.client_id
@@ -81,22 +96,17 @@ class TokenFastPath:
         state: WebState | None = getattr(scope["app"].state, "web", None)
         if state is None:
             return None
-        min_ttl = state.default_min_ttl
-        force_refresh = False
-        for name, value in parse_qsl(scope["query_string"].decode("latin-1")):
-            if name == "min_ttl":
-                if not value.isdigit() or int(value) > MAX_MIN_TTL:
-                    return None
-                min_ttl = int(value)
-            elif name == "force_refresh":
-                flag = value.lower()
-                if flag not in _TRUE and flag not in _FALSE:
-                    return None
-                force_refresh = flag in _TRUE
+        query = _DEFAULT_QUERY
+        if scope["query_string"]:
+            try:
+                query = AccessTokenQuery.model_validate(dict(QueryParams(scope["query_string"])))
+            except ValidationError:
+                return None  # the route answers it: 422 validation_failed
         key = None
         for name, value in scope["headers"]:
             if name == b"authorization":
-                scheme, _, credentials = value.decode("latin-1").partition(" ")
-                key = credentials.strip() if scheme.lower() == "bearer" else None
+                scheme, credentials = get_authorization_scheme_param(value.decode("latin-1"))
+                key = credentials if scheme.lower() == "bearer" and credentials else None
                 break
-        return state, key, min_ttl, force_refresh
+        min_ttl = state.default_min_ttl if query.min_ttl is None else query.min_ttl
+        return state, key, min_ttl, query.force_refresh

@@ -315,6 +315,18 @@ class UpstreamUnavailable(BrokerProblem):
 
 
 # The broker itself.
+class KeyUnavailable(BrokerProblem):
+    """A stored secret is sealed with a key this replica cannot use (`key_id`); another
+    replica may hold it: retry after `retry_after`, and tell the operator."""
+
+    code = "key_unavailable"
+
+    @property
+    def key_id(self) -> str | None:
+        value = self.problem.get("key_id")
+        return value if isinstance(value, str) else None
+
+
 class DatabaseUnavailable(BrokerProblem):
     code = "database_unavailable"
 

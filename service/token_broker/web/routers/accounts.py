@@ -10,6 +10,7 @@ from token_broker.errors import (
     AccountNotFound,
     AmbiguousAccount,
     InvalidCursor,
+    KeyUnavailable,
     caller_problems,
 )
 from token_broker.web.dependencies import AccountsReader, AccountsWriter, State
@@ -45,7 +46,14 @@ async def list_accounts(
     _caller: AccountsReader,
     email: Annotated[str | None, Query(max_length=320, pattern=TOKEN_TEXT)] = None,
     status: Literal["active", "revoked"] | None = None,
-    cursor: Annotated[str | None, Query(max_length=512, pattern=r"^[A-Za-z0-9_-]+$")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=512,
+            pattern=r"^[A-Za-z0-9_.-]+$",
+            description="`next_cursor` of the previous page, unchanged (opaque and signed).",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AccountPage:
     rows, next_cursor = await state.accounts.page(
@@ -68,7 +76,7 @@ async def get_account(state: State, _caller: AccountsReader, account: AccountRef
     "/{account}",
     response_model=Deleted,
     summary="Revoke the grant at the provider, then delete the account and its secrets",
-    responses=problem_responses(*AUTH_PROBLEMS, AccountNotFound, AmbiguousAccount),
+    responses=problem_responses(*AUTH_PROBLEMS, AccountNotFound, AmbiguousAccount, KeyUnavailable),
 )
 async def delete_account(state: State, caller: AccountsWriter, account: AccountRef) -> Deleted:
     deletion = await state.accounts.delete(account, client_id=caller.client_id)

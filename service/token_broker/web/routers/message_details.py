@@ -14,6 +14,7 @@ from pydantic import StringConstraints
 from token_broker.errors import (
     AccountNotFound,
     InternalError,
+    KeyUnavailable,
     MessageNotFound,
     ProviderRejectedClient,
     ReauthorizationRequired,
@@ -78,6 +79,7 @@ MessageId = Annotated[
         ProviderRejectedClient,
         UpstreamError,
         UpstreamUnavailable,
+        KeyUnavailable,
     ),
 )
 async def get_message(

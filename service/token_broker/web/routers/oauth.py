@@ -18,6 +18,7 @@ from token_broker.errors import (
     InvalidLink,
     InvalidState,
     IssuerMismatch,
+    KeyUnavailable,
     NoRefreshToken,
     NoUserId,
     PayloadTooLarge,
@@ -35,7 +36,7 @@ from token_broker.services.authorizations import outcome_status
 from token_broker.services.connect import CallbackOutcome
 from token_broker.services.reauthorization import MAX_LINK_LENGTH
 from token_broker.web.dependencies import AccountsWriter, AnyCaller, State
-from token_broker.web.problems import problem_responses
+from token_broker.web.problems import as_broker_error, problem_responses
 from token_broker.web.schemas import (
     Account,
     Authorization,
@@ -49,10 +50,13 @@ from token_broker.web.schemas import (
 router = APIRouter(tags=["oauth"])
 
 # The callback URL holds an authorization code: the answer must not be cached, and the
-# page must not hand its URL to anything it links to.
+# page (or the redirect) must not hand its URL to anything it leads to. Every HTML answer
+# also gets the broker's page protections (web/html_headers.py): nothing inline runs.
 CALLBACK_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 CALLBACK_PAGE_SCRIPT = FilePath(__file__).parents[1] / "static" / "callback-page.js"
 CALLBACK_PAGE_SCRIPT_PATH = "/v1/oauth/callback-page.js"
+PAGE_STYLESHEET = FilePath(__file__).parents[1] / "static" / "page.css"
+PAGE_STYLESHEET_PATH = "/v1/oauth/page.css"
 
 
 @router.post(
@@ -158,16 +162,27 @@ def _html_problems(*errors: type[BrokerError]) -> dict[int | str, dict[str, obje
             UpstreamError,
             ProviderRejectedClient,
             UpstreamUnavailable,
+            KeyUnavailable,
         ),
     },
 )
 async def oauth_callback(request: Request, state: State) -> Response:
     params = {key: value for key, value in request.query_params.items() if len(value) <= 4096}
-    outcome = await state.connect.callback(params)
+    try:
+        outcome = await state.connect.callback(params)
+    except Exception as error:
+        return problem_page_or_raise(error)
     redirect = outcome.redirect_url()
     if redirect is not None:
         return RedirectResponse(redirect, status_code=303, headers=CALLBACK_HEADERS)
     return result_page(outcome)
+
+
+@router.get(PAGE_STYLESHEET_PATH, include_in_schema=False)
+async def page_stylesheet() -> FileResponse:
+    return FileResponse(
+        PAGE_STYLESHEET, media_type="text/css", headers={"Cache-Control": "public, max-age=3600"}
+    )
 
 
 @router.get(
@@ -195,8 +210,8 @@ async def open_reauthorization_link(
 ) -> Response:
     try:
         url = await state.links.open(link)
-    except InvalidLink as error:
-        return problem_page(error)
+    except Exception as error:
+        return problem_page_or_raise(error)
     return RedirectResponse(url, status_code=303, headers=CALLBACK_HEADERS)
 
 
@@ -247,6 +262,14 @@ def result_page(outcome: CallbackOutcome) -> HTMLResponse:
     return _page("Account connected", text, 200)
 
 
+def problem_page_or_raise(error: Exception) -> HTMLResponse:
+    """A person's browser gets a page for any documented problem (an outage too)."""
+    problem = as_broker_error(error)
+    if problem is None:
+        raise error
+    return problem_page(problem)
+
+
 def problem_page(error: BrokerError) -> HTMLResponse:
     text = f"<p>{html.escape(error.detail)}</p><p>Error: <code>{html.escape(error.code)}</code></p>"
     if error.authorization_url:
@@ -256,8 +279,8 @@ def problem_page(error: BrokerError) -> HTMLResponse:
 
 def _page(title: str, text: str, status: int) -> HTMLResponse:
     return HTMLResponse(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
-        f"<body style='font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto'>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<link rel='stylesheet' href='{PAGE_STYLESHEET_PATH}'></head><body>"
         f"<h1>{title}</h1>{text}<script src='{CALLBACK_PAGE_SCRIPT_PATH}'></script>"
         "</body></html>",
         status_code=status,

@@ -3,6 +3,8 @@
 Cache hits are usually answered before this route by `web/token_fast_path.py`,
 which calls the same service and renders the same body and problems; this route
 owns validation (anything the fast path is not sure of comes here) and the docs.
+Both read the query through one definition, `AccessTokenQuery`, so they accept
+exactly the same requests.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from token_broker.errors import (
     AccountNotFound,
     AmbiguousAccount,
+    KeyUnavailable,
     ProviderRejectedClient,
     ReauthorizationRequired,
     UpstreamUnavailable,
@@ -29,6 +33,26 @@ router = APIRouter(prefix="/v1/accounts", tags=["tokens"])
 ROUTE = "/v1/accounts/{account}/access-token"
 MAX_MIN_TTL = 3300
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+class AccessTokenQuery(BaseModel):
+    """The endpoint's query parameters, for the route and the fast path alike.
+
+    Values are read as FastAPI reads query parameters (the last of repeated ones);
+    parameters the endpoint does not know are ignored.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    min_ttl: int | None = Field(
+        default=None, ge=0, le=MAX_MIN_TTL, description="Seconds the token must still be valid for."
+    )
+    force_refresh: bool = Field(
+        default=False,
+        description="Refresh even if a cached token would do: at most once per account every "
+        "TOKEN_BROKER_FORCED_REFRESH_INTERVAL_SECONDS (5); inside it, the token the last "
+        "forced refresh minted.",
+    )
 
 
 @router.get(
@@ -47,24 +71,19 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
         ReauthorizationRequired,
         ProviderRejectedClient,
         UpstreamUnavailable,
+        KeyUnavailable,
     ),
 )
 async def access_token(
     state: State,
     caller: TokensReader,
     account: AccountRef,
-    min_ttl: Annotated[
-        int | None,
-        Query(ge=0, le=MAX_MIN_TTL, description="Seconds the token must still be valid for."),
-    ] = None,
-    force_refresh: Annotated[
-        bool, Query(description="Refresh even if a cached token would do.")
-    ] = False,
+    query: Annotated[AccessTokenQuery, Query()],
 ) -> Response:
     issued = await state.tokens.access_token(
         account,
-        min_ttl=state.default_min_ttl if min_ttl is None else min_ttl,
-        force_refresh=force_refresh,
+        min_ttl=state.default_min_ttl if query.min_ttl is None else query.min_ttl,
+        force_refresh=query.force_refresh,
         client_id=caller.client_id,
     )
     body = state.token_bodies.body(issued.token, state.tokens.clock())
