@@ -1,4 +1,5 @@
-"""A real `token-broker dev` process for the client's tests, and accounts connected to it.
+"""A real `token-broker dev` process for the client's tests, and accounts connected to it;
+and `broker_api`, a broker pinned with respx for the client's own rules.
 
 One process serves every client test (starting it costs a few seconds): each test
 connects the accounts it uses, through the sandbox's consent page as a browser would.
@@ -18,7 +19,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+import respx
 
+from tests.client.broker_stub import BROKER
 from tests.support.hygiene import ARTIFACTS, register_secret
 from tests.support.processes import free_port
 
@@ -34,6 +37,12 @@ def wait_until(predicate: Callable[[], Any], *, within: float, what: str) -> Any
         time.sleep(0.05)
 
 
+# Where the broker may send a user back to (TOKEN_BROKER_RETURN_TO_ALLOWLIST): an app's page.
+APP_RETURN_TO = "https://app.example/connected"
+# The most ids a JSON listing holds (200,000 by default): low enough to reach cheaply.
+JSON_LISTING_MAX_MESSAGES = 2_000
+
+
 class DevBroker:
     """`token-broker dev` on a free port: its URL, its API key, and its sandbox's controls."""
 
@@ -45,7 +54,9 @@ class DevBroker:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "token_broker", "dev", "--port", str(port),
              "--data-dir", str(data_dir)],
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                 "TOKEN_BROKER_RETURN_TO_ALLOWLIST": APP_RETURN_TO,
+                 "TOKEN_BROKER_JSON_LISTING_MAX_MESSAGES": str(JSON_LISTING_MAX_MESSAGES)},
             stdout=self._stdout.open("w"),
             stderr=(ARTIFACTS / f"dev-client-{port}.log").open("w"),
             cwd=data_dir.parent,
@@ -82,16 +93,50 @@ class DevBroker:
             f"{self.url}/v1/authorizations", json={"login_hint": email}, headers=headers
         )
         assert started.status_code == 201, started.text
-        url = started.json()["authorization_url"]
-        params = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+        landing = self.consent(started.json()["authorization_url"], email)
+        assert "Account connected" in landing.text, landing.text
+
+    def consent(self, authorization_url: str, email: str, *, allow: bool = True) -> httpx.Response:
+        """The user's browser at the sandbox's consent page, then at the broker's callback:
+        the callback's answer (a page, or a 303 to `return_to`)."""
+        params = {k: v[0] for k, v in parse_qs(urlsplit(authorization_url).query).items()}
+        decision = "allow" if allow else "deny"
         consent = self.http.post(
-            url.split("?", 1)[0], data={**params, "email": email, "decision": "allow"}
+            authorization_url.split("?", 1)[0],
+            data={**params, "email": email, "decision": decision},
         )
         assert consent.status_code == 302, consent.text
         location = consent.headers["location"]
-        register_secret(parse_qs(urlsplit(location).query)["code"][0])
-        landing = self.http.get(location)
-        assert "Account connected" in landing.text, landing.text
+        for code in parse_qs(urlsplit(location).query).get("code", []):
+            register_secret(code)
+        return self.http.get(location)
+
+    def add_message(self, email: str, subject: str) -> str:
+        """A message arrives in the sandbox mailbox (INBOX, UNREAD); its id."""
+        added = self.http.post(
+            f"{self.sandbox}/_sandbox/users/{email}/mailbox/messages", json={"subject": subject}
+        )
+        added.raise_for_status()
+        message_id: str = added.json()["message"]["id"]
+        return message_id
+
+    def mark_read(self, email: str, message_id: str) -> None:
+        self.http.post(
+            f"{self.sandbox}/_sandbox/users/{email}/mailbox/messages/{message_id}/modify",
+            json={"removeLabelIds": ["UNREAD"]},
+        ).raise_for_status()
+
+    def delete_message(self, email: str, message_id: str) -> None:
+        """The user deletes a message for good."""
+        self.http.delete(
+            f"{self.sandbox}/_sandbox/users/{email}/mailbox/messages/{message_id}"
+        ).raise_for_status()
+
+    def expire_history(self, email: str) -> None:
+        """Gmail forgets the mailbox's history: every history id issued so far is 404."""
+        self.http.post(
+            f"{self.sandbox}/_sandbox/users/{email}/mailbox/history/expire"
+        ).raise_for_status()
 
     def revoke_at_google(self, email: str) -> None:
         """The user revokes the broker's access in their Google account settings."""
@@ -119,3 +164,9 @@ def dev_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def broker_api() -> Iterator[respx.MockRouter]:
+    with respx.mock(base_url=BROKER, assert_all_called=False, assert_all_mocked=True) as mock:
+        yield mock

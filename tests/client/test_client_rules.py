@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -13,6 +12,7 @@ import respx
 
 import token_broker.errors as broker_errors
 import token_broker_client as client_module
+from tests.client.broker_stub import BROKER, FAST, ndjson, problem
 from token_broker_client import (
     AccountNotFound,
     BrokerClient,
@@ -20,7 +20,6 @@ from token_broker_client import (
     BrokerUnreachable,
     IncompleteStream,
     ReauthorizationRequired,
-    RetryPolicy,
     SyncBrokerClient,
     TokenCache,
     UnexpectedResponse,
@@ -30,18 +29,7 @@ from token_broker_client import (
     problem_class,
 )
 
-BROKER = "http://broker.test"
 TOKEN_PATH = "/v1/accounts/alice@example.com/access-token"
-FAST = RetryPolicy(attempts=3, budget_seconds=5, backoff_seconds=0.01, max_backoff_seconds=0.02)
-
-
-def problem(code: str, status: int, **extra: Any) -> httpx.Response:
-    body = {"type": f"urn:token-broker:problem:{code}", "title": code, "status": status,
-            "detail": f"{code} happened", "code": code, "request_id": "req-1", **extra}  # fmt: skip
-    headers = {"Retry-After": str(extra["retry_after"])} if "retry_after" in extra else {}
-    return httpx.Response(
-        status, json=body, headers={**headers, "content-type": "application/problem+json"}
-    )
 
 
 def token_answer(value: str = "ya29.client-test", expires_in: int = 3599) -> httpx.Response:
@@ -49,12 +37,6 @@ def token_answer(value: str = "ya29.client-test", expires_in: int = 3599) -> htt
         "access_token": value, "token_type": "Bearer", "expires_at": "2030-01-01T00:00:00+00:00",
         "expires_in": expires_in, "scopes": ["https://www.googleapis.com/auth/gmail.readonly"],
     })  # fmt: skip
-
-
-@pytest.fixture
-def broker_api() -> Iterator[respx.MockRouter]:
-    with respx.mock(base_url=BROKER, assert_all_called=False, assert_all_mocked=True) as mock:
-        yield mock
 
 
 def every_broker_problem() -> list[type[broker_errors.BrokerError]]:
@@ -75,6 +57,7 @@ def test_every_problem_code_of_the_broker_has_its_exception(
     assert client_class is not BrokerProblem, f"add a class for {server_class.code!r}"
     assert client_class.code == server_class.code
     assert client_class.__name__ in client_module.__all__
+    assert client_class.__doc__, f"say in {client_class.__name__}'s docstring what it means"
 
 
 def test_a_problem_becomes_its_exception_with_everything_the_broker_said() -> None:
@@ -160,8 +143,8 @@ async def test_what_is_not_retried(broker_api: respx.MockRouter) -> None:
     start = broker_api.post("/v1/authorizations").mock(
         side_effect=[
             problem("rate_limited", 429, retry_after=0),
-            httpx.Response(201, json={"authorization_url": "https://a.example/auth", "state": "s",
-                                      "expires_at": "2030-01-01T00:00:00Z"}),
+            httpx.Response(201, json={"id": "0b5e", "authorization_url": "https://a.example/auth",
+                                      "state": "s", "expires_at": "2030-01-01T00:00:00Z"}),
         ]
     )  # fmt: skip
     async with BrokerClient(BROKER, "tbk_test", retry=FAST) as broker:
@@ -256,10 +239,6 @@ def test_the_cache_is_bounded_least_recently_used_first() -> None:
     assert cache.get("b", 0) is None
     assert cache.get("a", 0) is not None
     assert cache.get("c", 0) is not None
-
-
-def ndjson(*lines: dict[str, Any]) -> bytes:
-    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
 
 
 MESSAGES = [{"id": f"m{i}", "threadId": f"t{i}"} for i in range(3)]

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlsplit
+
 import httpx
 import pytest
 
-from tests.client.conftest import DevBroker
+from tests.client.conftest import APP_RETURN_TO, DevBroker
 from tests.support.hygiene import register_secret
 from token_broker_client import (
+    AccessDenied,
     AccountNotFound,
+    AuthorizationNotFound,
     BrokerClient,
     IncompleteStream,
     MessageRef,
     ReauthorizationRequired,
     SyncBrokerClient,
     Unauthenticated,
+    problem_class,
 )
 
 
@@ -159,3 +164,52 @@ async def test_a_stream_cut_short_is_not_taken_for_complete(
             await stream.collect()
         assert 10 <= raised.value.received < 3_000
         assert stream.summary is None
+
+
+def returned_to(landing: httpx.Response) -> dict[str, str]:
+    """The query the broker's callback sent the browser back to the app with."""
+    assert landing.status_code == 303, landing.text
+    location = landing.headers["location"]
+    assert location.startswith(APP_RETURN_TO + "?")
+    return {key: values[0] for key, values in parse_qs(urlsplit(location).query).items()}
+
+
+def test_an_app_confirms_a_connect_with_the_authorization_outcome(dev_broker: DevBroker) -> None:
+    """The connect flow as the client's README shows it: the id kept in the user's session,
+    compared on return, and the outcome read from the broker, never from the redirect."""
+    with SyncBrokerClient(dev_broker.url, dev_broker.api_key) as broker:
+        started = broker.start_authorization(
+            login_hint="outcome@example.com", return_to=APP_RETURN_TO
+        )
+        session = {"authorization": started.id}
+        assert broker.get_authorization(started.id).status == "pending"
+
+        back = returned_to(dev_broker.consent(started.authorization_url, "outcome@example.com"))
+        assert back == {"authorization": started.id, "status": "connected"}
+        assert back["authorization"] == session.pop("authorization")
+        outcome = broker.get_authorization(back["authorization"])
+        assert outcome.status == "connected"
+        assert outcome.account is not None
+        assert outcome.error is None
+        assert outcome.completed_at is not None
+        assert outcome.completed_at >= outcome.created_at
+        account = broker.get_account(outcome.account.subject)
+        assert (account.id, account.email) == (outcome.account.id, "outcome@example.com")
+
+        # The user presses Cancel: the redirect says failed, and so does the broker.
+        cancelled = broker.start_authorization(
+            login_hint="outcome@example.com", return_to=APP_RETURN_TO
+        )
+        landing = dev_broker.consent(
+            cancelled.authorization_url, "outcome@example.com", allow=False
+        )
+        assert returned_to(landing) == {
+            "authorization": cancelled.id, "status": "failed", "error": "access_denied"
+        }  # fmt: skip
+        failed = broker.get_authorization(cancelled.id)
+        assert (failed.status, failed.account) == ("failed", None)
+        assert failed.error is not None
+        assert problem_class(failed.error.code) is AccessDenied
+
+        with pytest.raises(AuthorizationNotFound):
+            broker.get_authorization("00000000-0000-4000-8000-000000000000")

@@ -1,4 +1,5 @@
-"""Token Broker's Python client: access tokens, Gmail listings, accounts, and connect flows.
+"""Token Broker's Python client: access tokens, Gmail listings and messages, mailbox changes,
+accounts, and connect flows.
 
 ```python
 from token_broker_client import BrokerClient, ReauthorizationRequired
@@ -14,8 +15,8 @@ async with BrokerClient("http://token-broker", api_key) as broker:
 client libraries (extra `google`).
 """
 
+from token_broker_client._async_client import BrokerClient
 from token_broker_client._cache import TokenCache
-from token_broker_client._clients import BrokerClient, SyncBrokerClient
 from token_broker_client._errors import (
     AccessDenied,
     AccountMismatch,
@@ -72,13 +73,26 @@ from token_broker_client._models import (
     Account,
     AccountPage,
     Authorization,
+    AuthorizationFailure,
+    AuthorizationOutcome,
+    Change,
+    ChangeList,
+    ChangesSummary,
+    ConnectedAccount,
     Deletion,
+    DetailsSummary,
+    GmailMessage,
+    HistoryType,
     ListingSummary,
+    MessageDetailsList,
+    MessageFormat,
     MessageList,
     MessageRef,
+    NotFetched,
 )
 from token_broker_client._retry import RetryPolicy
 from token_broker_client._streams import AsyncStream, SyncStream
+from token_broker_client._sync_client import SyncBrokerClient
 from token_broker_client._version import __version__
 
 __all__ = [
@@ -91,18 +105,27 @@ __all__ = [
     "AmbiguousAccount",
     "AsyncStream",
     "Authorization",
+    "AuthorizationFailure",
     "AuthorizationNotFound",
+    "AuthorizationOutcome",
     "BadRequest",
     "BrokerClient",
     "BrokerError",
     "BrokerProblem",
     "BrokerUnreachable",
+    "Change",
+    "ChangeList",
+    "ChangesSummary",
     "CodeExchangeFailed",
+    "ConnectedAccount",
     "CursorExpired",
     "DatabaseUnavailable",
     "Deletion",
+    "DetailsSummary",
     "Forbidden",
+    "GmailMessage",
     "HeadersTooLarge",
+    "HistoryType",
     "IncompleteStream",
     "InternalError",
     "InvalidCursor",
@@ -112,12 +135,15 @@ __all__ = [
     "IssuerMismatch",
     "KeyUnavailable",
     "ListingSummary",
+    "MessageDetailsList",
+    "MessageFormat",
     "MessageList",
     "MessageNotFound",
     "MessageRef",
     "MethodNotAllowed",
     "NoRefreshToken",
     "NoUserId",
+    "NotFetched",
     "NotFound",
     "NotReady",
     "PayloadTooLarge",

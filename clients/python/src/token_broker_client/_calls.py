@@ -1,8 +1,9 @@
 """Every broker endpoint the client uses, described once for both clients.
 
 A `Call` says what to send and how to read the answer; a `StreamCall` does the
-same for an NDJSON listing. `BrokerClient` and `SyncBrokerClient` only send them,
-so a new endpoint is a function here, its model, and one line in each client.
+same for an NDJSON stream (listings, listings with details, changes).
+`BrokerClient` and `SyncBrokerClient` only send them, so a new endpoint is a
+function here, its model, and one line in each client.
 """
 
 from __future__ import annotations
@@ -17,10 +18,20 @@ from token_broker_client._models import (
     Account,
     AccountPage,
     Authorization,
+    AuthorizationOutcome,
+    Change,
+    ChangeList,
+    ChangesSummary,
     Deletion,
+    DetailsSummary,
+    GmailMessage,
+    HistoryType,
     ListingSummary,
+    MessageDetailsList,
+    MessageFormat,
     MessageList,
     MessageRef,
+    gmail_message,
 )
 
 T = TypeVar("T")
@@ -50,6 +61,9 @@ class StreamCall(Generic[Item, Summary]):
     item: Callable[[Any], Item]
     summary: Callable[[Any], Summary]
     params: Params = field(default_factory=list)
+    # The final line's field that counts the item lines (a listing with details counts
+    # in `count` the messages listed, and in `fetched` those sent).
+    counted: str = "count"
 
 
 def account_path(account: str) -> str:
@@ -57,6 +71,19 @@ def account_path(account: str) -> str:
     if not account:
         raise ValueError("account must be a subject id or an email address")
     return "/v1/accounts/" + quote(account, safe="@")
+
+
+def _segment(value: str, what: str) -> str:
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    return quote(value, safe="")
+
+
+def _each(values: Sequence[str], what: str) -> list[str]:
+    # A lone string is a sequence too: "Subject" would be sent as seven headers.
+    if isinstance(values, str):
+        raise TypeError(f"{what} takes a list of strings, not a string")
+    return list(values)
 
 
 def access_token(account: str, *, min_ttl: int, force_refresh: bool) -> Call[AccessToken]:
@@ -72,7 +99,7 @@ def message_params(
     params: Params = []
     if q is not None:
         params.append(("q", q))
-    params.extend(("labelIds", label) for label in label_ids)
+    params.extend(("labelIds", label) for label in _each(label_ids, "label_ids"))
     if include_spam_trash:
         params.append(("includeSpamTrash", "true"))
     if limit is not None:
@@ -87,6 +114,55 @@ def list_messages(account: str, params: Params) -> Call[MessageList]:
 def stream_messages(account: str, params: Params) -> StreamCall[MessageRef, ListingSummary]:
     return StreamCall(
         account_path(account) + "/messages", MessageRef.from_json, ListingSummary.from_json, params
+    )
+
+
+def details_params(
+    listing: Params, message_format: MessageFormat, metadata_headers: Sequence[str]
+) -> Params:
+    headers = _each(metadata_headers, "metadata_headers")
+    return [*listing, ("format", message_format), *(("metadataHeaders", h) for h in headers)]
+
+
+def list_message_details(account: str, params: Params) -> Call[MessageDetailsList]:
+    return Call("GET", account_path(account) + "/messages", MessageDetailsList.from_json, params)
+
+
+def stream_message_details(
+    account: str, params: Params
+) -> StreamCall[GmailMessage, DetailsSummary]:
+    return StreamCall(
+        account_path(account) + "/messages", gmail_message, DetailsSummary.from_json, params,
+        counted="fetched",
+    )  # fmt: skip
+
+
+def get_message(
+    account: str, message_id: str, message_format: MessageFormat, metadata_headers: Sequence[str]
+) -> Call[GmailMessage]:
+    path = account_path(account) + "/messages/" + _segment(message_id, "message_id")
+    return Call("GET", path, gmail_message, details_params([], message_format, metadata_headers))
+
+
+def changes_params(
+    cursor: str | None, label_id: str | None, history_types: Sequence[HistoryType]
+) -> Params:
+    params: Params = []
+    if cursor is not None:
+        params.append(("cursor", cursor))
+    if label_id is not None:
+        params.append(("labelId", label_id))
+    params.extend(("historyTypes", kind) for kind in _each(history_types, "history_types"))
+    return params
+
+
+def list_changes(account: str, params: Params) -> Call[ChangeList]:
+    return Call("GET", account_path(account) + "/changes", ChangeList.from_json, params)
+
+
+def stream_changes(account: str, params: Params) -> StreamCall[Change, ChangesSummary]:
+    return StreamCall(
+        account_path(account) + "/changes", Change.from_json, ChangesSummary.from_json, params
     )
 
 
@@ -117,6 +193,11 @@ def start_authorization(
     if return_to is not None:
         body["return_to"] = return_to
     return Call("POST", "/v1/authorizations", Authorization.from_json, json=body, idempotent=False)
+
+
+def get_authorization(authorization_id: str) -> Call[AuthorizationOutcome]:
+    path = "/v1/authorizations/" + _segment(authorization_id, "authorization_id")
+    return Call("GET", path, AuthorizationOutcome.from_json)
 
 
 def exchange_code(

@@ -99,10 +99,14 @@ class BrokerProblem(BrokerError):
 
 # Callers and their keys.
 class Unauthenticated(BrokerProblem):
+    """The API key is missing, unknown, revoked, or past its rotation overlap."""
+
     code = "unauthenticated"
 
 
 class Forbidden(BrokerProblem):
+    """The API key lacks the permission this call needs (`tokens:read`, ...)."""
+
     code = "forbidden"
 
 
@@ -125,37 +129,68 @@ class ValidationFailed(BrokerProblem):
 
 
 class BadRequest(BrokerProblem):
+    """The broker cannot process the request as sent (`detail` says why)."""
+
     code = "bad_request"
 
 
 class InvalidCursor(BrokerProblem):
+    """A cursor this API did not make, altered, or another account's: start without one."""
+
     code = "invalid_cursor"
 
 
 class ReturnToNotAllowed(BrokerProblem):
+    """`return_to` matches no entry of the broker's `TOKEN_BROKER_RETURN_TO_ALLOWLIST`."""
+
     code = "return_to_not_allowed"
 
 
 class ScopeNotAllowed(BrokerProblem):
+    """A requested scope is not one the broker is configured for; `scopes_not_allowed`."""
+
     code = "scope_not_allowed"
+
+    @property
+    def scopes_not_allowed(self) -> list[str]:
+        return _strings(self.problem, "scopes_not_allowed")
 
 
 class UnknownLabel(BrokerProblem):
-    """A `label_ids` value is not a label of the mailbox; `label_id` names it."""
+    """A label id is not a label of the mailbox (Gmail's "Invalid label"); `label_id` names it.
+
+    Label ids, not names: `INBOX`, `Label_12`.
+    """
 
     code = "unknown_label"
 
     @property
     def label_id(self) -> str | None:
-        value = self.problem.get("label_id")
-        return value if isinstance(value, str) else None
+        return _string(self.problem, "label_id")
+
+
+class TooManyForJson(BrokerProblem):
+    """More messages (or changes) match than one JSON answer holds, `max_messages`: stream
+    them instead (`stream_messages`, `stream_message_details`, `stream_changes`), or pass
+    a smaller `limit`. Nothing was fetched."""
+
+    code = "too_many_for_json"
+
+    @property
+    def max_messages(self) -> int | None:
+        value = self.problem.get("max_messages")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class NotFound(BrokerProblem):
+    """No such path at the broker (a client older or newer than the broker?)."""
+
     code = "not_found"
 
 
 class AccountNotFound(BrokerProblem):
+    """No account with that subject id, nor with that email verified."""
+
     code = "account_not_found"
 
 
@@ -166,79 +201,97 @@ class AmbiguousAccount(BrokerProblem):
 
     @property
     def subjects(self) -> list[str]:
-        subjects = self.problem.get("subjects")
-        return [s for s in subjects if isinstance(s, str)] if isinstance(subjects, list) else []
+        return _strings(self.problem, "subjects")
 
 
 class AuthorizationNotFound(BrokerProblem):
+    """This API client started no authorization with that id (or it is past retention)."""
+
     code = "authorization_not_found"
 
 
 class MessageNotFound(BrokerProblem):
+    """Gmail has no message with that id in the account (deleted, or never there)."""
+
     code = "message_not_found"
 
 
-class TooManyForJson(BrokerProblem):
-    """A JSON answer with details would hold more than `max_messages`: stream NDJSON."""
-
-    code = "too_many_for_json"
-
-    @property
-    def max_messages(self) -> int | None:
-        value = self.problem.get("max_messages")
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-class UnsupportedMediaType(BrokerProblem):
-    code = "unsupported_media_type"
-
-
 class CursorExpired(BrokerProblem):
-    """Gmail forgot the history behind a changes cursor: list the mailbox again, then
-    continue from `cursor`, the fresh starting point this problem carries."""
+    """Gmail no longer keeps the history a changes cursor points into (it keeps about a
+    week, sometimes only hours). List the mailbox again, then continue from `cursor`, the
+    fresh starting point this problem carries (at Gmail history id `history_id`);
+    `follow_changes(..., on_relist=...)` does both."""
 
     code = "cursor_expired"
 
     @property
     def cursor(self) -> str | None:
-        value = self.problem.get("cursor")
-        return value if isinstance(value, str) else None
+        return _string(self.problem, "cursor")
+
+    @property
+    def history_id(self) -> str | None:
+        return _string(self.problem, "history_id")
 
 
-class InvalidPush(BrokerProblem):
-    code = "invalid_push"
+class UnsupportedMediaType(BrokerProblem):
+    """A body not sent as `Content-Type: application/json`."""
 
-
-class PushUnauthenticated(BrokerProblem):
-    code = "push_unauthenticated"
-
-
-class PushNotConfigured(BrokerProblem):
-    code = "push_not_configured"
+    code = "unsupported_media_type"
 
 
 class MethodNotAllowed(BrokerProblem):
+    """The path exists at the broker, but not with this HTTP method."""
+
     code = "method_not_allowed"
 
 
 class PayloadTooLarge(BrokerProblem):
+    """The request body is larger than the broker takes."""
+
     code = "payload_too_large"
 
 
 class UriTooLong(BrokerProblem):
+    """The query string is longer than the broker takes (a very long `q`?)."""
+
     code = "uri_too_long"
 
 
 class HeadersTooLarge(BrokerProblem):
+    """The request headers are larger than the broker takes."""
+
     code = "headers_too_large"
+
+
+# Gmail push (sent by Cloud Pub/Sub, not by services; here so every code has its class).
+class InvalidPush(BrokerProblem):
+    """`POST /v1/gmail/push`: the body is not a Pub/Sub push of a Gmail notification."""
+
+    code = "invalid_push"
+
+
+class PushUnauthenticated(BrokerProblem):
+    """`POST /v1/gmail/push`: no valid Pub/Sub OIDC token (missing, forged, or replayed)."""
+
+    code = "push_unauthenticated"
+
+
+class PushNotConfigured(BrokerProblem):
+    """`POST /v1/gmail/push` on a broker without Gmail push configured."""
+
+    code = "push_not_configured"
 
 
 # Connecting accounts.
 class InvalidState(BrokerProblem):
+    """The OAuth state is unknown, used or expired: start the authorization again."""
+
     code = "invalid_state"
 
 
 class AccessDenied(BrokerProblem):
+    """The user did not grant access (pressed *Cancel* at Google)."""
+
     code = "access_denied"
 
 
@@ -249,14 +302,15 @@ class CodeExchangeFailed(BrokerProblem):
 
 
 class ScopeNotGranted(BrokerProblem):
-    """The user unticked a required scope; `missing_scopes` names them."""
+    """The user unticked a required scope (`missing_scopes`); nothing was stored.
+
+    `authorization_url` asks again."""
 
     code = "scope_not_granted"
 
     @property
     def missing_scopes(self) -> list[str]:
-        scopes = self.problem.get("missing_scopes")
-        return [s for s in scopes if isinstance(s, str)] if isinstance(scopes, list) else []
+        return _strings(self.problem, "missing_scopes")
 
 
 class NoRefreshToken(BrokerProblem):
@@ -272,28 +326,41 @@ class ReauthorizationRequired(BrokerProblem):
 
 
 class AccountMismatch(BrokerProblem):
-    """A re-authorization was completed as another Google account; nothing was stored."""
+    """A re-authorization was completed as another Google account; nothing was stored.
+
+    `authorization_url` lets the right person try again."""
 
     code = "account_mismatch"
 
 
 class IssuerMismatch(BrokerProblem):
+    """The OAuth callback named another provider (RFC 9207 `iss`); nothing was exchanged."""
+
     code = "issuer_mismatch"
 
 
 class InvalidLink(BrokerProblem):
+    """A re-authorization link that is malformed, altered, expired, or whose account is gone."""
+
     code = "invalid_link"
 
 
 # The provider.
 class NoUserId(BrokerProblem):
+    """The provider named no subject id for the account (ID token or userinfo)."""
+
     code = "no_user_id"
 
 
 class UpstreamError(BrokerProblem):
-    """The provider answered an error the broker cannot recover from (`gmail_reason`)."""
+    """The provider answered an error the broker cannot recover from; for Gmail,
+    `gmail_reason` is Gmail's reason (e.g. `failedPrecondition`)."""
 
     code = "upstream_error"
+
+    @property
+    def gmail_reason(self) -> str | None:
+        return _string(self.problem, "gmail_reason")
 
 
 class ProviderRejectedClient(BrokerProblem):
@@ -328,11 +395,22 @@ class KeyUnavailable(BrokerProblem):
 
 
 class DatabaseUnavailable(BrokerProblem):
+    """The broker's database is not answering; retry after `retry_after` seconds."""
+
     code = "database_unavailable"
 
 
 class NotReady(BrokerProblem):
+    """A readiness check of the broker failed; `checks` gives each check's state."""
+
     code = "not_ready"
+
+    @property
+    def checks(self) -> dict[str, str]:
+        checks = self.problem.get("checks")
+        if not isinstance(checks, dict):
+            return {}
+        return {name: state for name, state in checks.items() if isinstance(state, str)}
 
 
 class ShuttingDown(BrokerProblem):
@@ -395,3 +473,15 @@ def parse_retry_after(value: str | None) -> float | None:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+def _string(problem: dict[str, Any], key: str) -> str | None:
+    """An extension member the broker sends as a string (`label_id`, `cursor`, ...)."""
+    value = problem.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _strings(problem: dict[str, Any], key: str) -> list[str]:
+    """An extension member the broker sends as a list of strings (`subjects`, ...)."""
+    value = problem.get(key)
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []

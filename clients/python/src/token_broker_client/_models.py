@@ -1,12 +1,24 @@
-"""The broker's answers as typed, immutable values. An access token never shows in a repr."""
+"""The broker's answers as typed, immutable values. An access token never shows in a repr.
+
+Messages with details are Gmail's own message resources, handed on unchanged: plain
+dicts (`GmailMessage`), read as Gmail documents them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from token_broker_client._errors import UnexpectedResponse
+
+# Gmail's message formats (`users.messages.get`): labels and snippet; headers; the parsed
+# MIME tree; the whole RFC 822 message, base64url.
+MessageFormat = Literal["minimal", "metadata", "full", "raw"]
+# Gmail's history record types, to narrow a changes request.
+HistoryType = Literal["messageAdded", "messageDeleted", "labelAdded", "labelRemoved"]
+# One Gmail message resource (`id`, `threadId`, `labelIds`, `snippet`, `payload`, `raw`, ...).
+GmailMessage = dict[str, Any]
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -31,6 +43,13 @@ def _int(body: dict[str, Any], key: str) -> int:
     value = body.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
         raise UnexpectedResponse(f"expected an integer in {key!r}", status=200)
+    return value
+
+
+def _list(body: dict[str, Any], key: str) -> list[Any]:
+    value = body.get(key)
+    if not isinstance(value, list):
+        raise UnexpectedResponse(f"expected a list in {key!r}", status=200)
     return value
 
 
@@ -115,19 +134,18 @@ class AccountPage:
     @classmethod
     def from_json(cls, value: Any) -> AccountPage:
         body = _object(value, "a page of accounts")
-        items = body.get("items")
-        if not isinstance(items, list):
-            raise UnexpectedResponse("expected a list in 'items'", status=200)
         return cls(
-            items=tuple(Account.from_json(item) for item in items),
+            items=tuple(Account.from_json(item) for item in _list(body, "items")),
             next_cursor=_optional_str(body, "next_cursor"),
         )
 
 
 @dataclass(frozen=True)
 class Authorization:
-    """A started connect flow: send the user's browser to `authorization_url`."""
+    """A started connect flow: keep `id` (in the user's session), then send the user's
+    browser to `authorization_url`; `get_authorization(id)` tells what it produced."""
 
+    id: str
     authorization_url: str
     state: str = field(repr=False)
     expires_at: datetime
@@ -137,9 +155,74 @@ class Authorization:
     def from_json(cls, value: Any) -> Authorization:
         body = _object(value, "an authorization")
         return cls(
+            id=_str(body, "id"),
             authorization_url=_str(body, "authorization_url"),
             state=_str(body, "state"),
             expires_at=_time(body, "expires_at"),
+            raw=body,
+        )
+
+
+@dataclass(frozen=True)
+class ConnectedAccount:
+    """The account a connect flow connected. Keep `subject`: an email can change hands."""
+
+    id: str
+    subject: str
+    email: str | None
+
+    @classmethod
+    def from_json(cls, value: Any) -> ConnectedAccount:
+        body = _object(value, "a connected account")
+        return cls(
+            id=_str(body, "id"), subject=_str(body, "subject"), email=_optional_str(body, "email")
+        )
+
+
+@dataclass(frozen=True)
+class AuthorizationFailure:
+    """Why a connect flow failed: `code` is a problem code (`problem_class(code)` is its
+    exception class), e.g. `access_denied` or `account_mismatch`."""
+
+    code: str
+    detail: str
+
+    @classmethod
+    def from_json(cls, value: Any) -> AuthorizationFailure:
+        body = _object(value, "an authorization error")
+        return cls(code=_str(body, "code"), detail=_optional_str(body, "detail") or "")
+
+
+@dataclass(frozen=True)
+class AuthorizationOutcome:
+    """What a connect flow produced, as only the API client that started it can read it.
+
+    `status` is `pending` (the user has not come back yet), `connected` (`account` is
+    set, and only then), `failed` (`error` says why) or `expired` (the flow lapsed unused).
+    """
+
+    id: str
+    status: str
+    account: ConnectedAccount | None
+    error: AuthorizationFailure | None
+    created_at: datetime
+    expires_at: datetime
+    completed_at: datetime | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, value: Any) -> AuthorizationOutcome:
+        body = _object(value, "an authorization outcome")
+        account = body.get("account")
+        error = body.get("error")
+        return cls(
+            id=_str(body, "id"),
+            status=_str(body, "status"),
+            account=None if account is None else ConnectedAccount.from_json(account),
+            error=None if error is None else AuthorizationFailure.from_json(error),
+            created_at=_time(body, "created_at"),
+            expires_at=_time(body, "expires_at"),
+            completed_at=_optional_time(body, "completed_at"),
             raw=body,
         )
 
@@ -203,10 +286,153 @@ class MessageList:
     @classmethod
     def from_json(cls, value: Any) -> MessageList:
         body = _object(value, "a message listing")
-        messages = body.get("messages")
-        if not isinstance(messages, list):
-            raise UnexpectedResponse("expected a list in 'messages'", status=200)
         return cls(
-            messages=tuple(MessageRef.from_json(item) for item in messages),
+            messages=tuple(MessageRef.from_json(item) for item in _list(body, "messages")),
             summary=ListingSummary.from_json(body),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NotFetched:
+    """A listed message whose details Gmail would not give: `status` 404 (`notFound`) when
+    it was deleted between the listing and the fetch, else Gmail's status and reason."""
+
+    id: str
+    thread_id: str
+    status: int
+    reason: str
+
+    @classmethod
+    def from_json(cls, value: Any) -> NotFetched:
+        body = _object(value, "a message not fetched")
+        return cls(
+            id=_str(body, "id"),
+            thread_id=_optional_str(body, "threadId") or "",
+            status=_int(body, "status"),
+            reason=_optional_str(body, "reason") or "",
+        )
+
+
+@dataclass(frozen=True)
+class DetailsSummary(ListingSummary):
+    """How a complete listing with details ended: `count` messages listed, `fetched` of them
+    with details (one per item), `batches` Gmail batch requests, and the ones Gmail would
+    not give (`not_fetched`: the first 10,000; `not_fetched_count`: all of them)."""
+
+    fetched: int
+    batches: int
+    not_fetched_count: int
+    not_fetched: tuple[NotFetched, ...]
+
+    @classmethod
+    def from_json(cls, value: Any) -> DetailsSummary:
+        body = _object(value, "a listing summary")
+        listing = ListingSummary.from_json(body)
+        return cls(
+            count=listing.count,
+            pages=listing.pages,
+            result_size_estimate=listing.result_size_estimate,
+            fetched=_int(body, "fetched"),
+            batches=_int(body, "batches"),
+            not_fetched_count=_int(body, "not_fetched_count"),
+            not_fetched=tuple(NotFetched.from_json(item) for item in _list(body, "not_fetched")),
+        )
+
+
+def gmail_message(value: Any) -> GmailMessage:
+    """One Gmail message resource, as Gmail gave it (checked only to be one)."""
+    body = _object(value, "a Gmail message")
+    _str(body, "id")
+    return body
+
+
+@dataclass(frozen=True)
+class MessageDetailsList:
+    """A whole listing with each message's details (Gmail's resources), in listing order."""
+
+    messages: tuple[GmailMessage, ...] = field(repr=False)
+    summary: DetailsSummary
+
+    @property
+    def count(self) -> int:
+        return self.summary.count
+
+    @classmethod
+    def from_json(cls, value: Any) -> MessageDetailsList:
+        body = _object(value, "a message listing with details")
+        return cls(
+            messages=tuple(gmail_message(item) for item in _list(body, "messages")),
+            summary=DetailsSummary.from_json(body),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change to a mailbox, from Gmail's history, in history order.
+
+    `type` is `message_added`, `message_deleted` (deleted for good; trashing is
+    `labels_added` `TRASH`), `labels_added` or `labels_removed`. `label_ids` are the labels
+    added or removed, or for the others the message's labels as Gmail gave them.
+    """
+
+    type: str
+    history_id: str
+    message_id: str
+    thread_id: str
+    label_ids: tuple[str, ...]
+
+    @classmethod
+    def from_json(cls, value: Any) -> Change:
+        body = _object(value, "a change")
+        return cls(
+            type=_str(body, "type"),
+            history_id=_str(body, "history_id"),
+            message_id=_str(body, "message_id"),
+            thread_id=_str(body, "thread_id"),
+            label_ids=_strings(body, "label_ids"),
+        )
+
+
+@dataclass(frozen=True)
+class ChangesSummary:
+    """How a complete changes answer ended: `count` changes from `pages` Gmail history pages,
+    and `cursor`, where the next request continues (at Gmail history id `history_id`)."""
+
+    count: int
+    pages: int
+    cursor: str
+    history_id: str
+
+    @classmethod
+    def from_json(cls, value: Any) -> ChangesSummary:
+        body = _object(value, "a changes summary")
+        return cls(
+            count=_int(body, "count"),
+            pages=_int(body, "pages"),
+            cursor=_str(body, "cursor"),
+            history_id=_str(body, "history_id"),
+        )
+
+
+@dataclass(frozen=True)
+class ChangeList:
+    """Every change since a cursor in one answer, and the cursor to continue from."""
+
+    changes: tuple[Change, ...]
+    summary: ChangesSummary
+
+    @property
+    def cursor(self) -> str:
+        return self.summary.cursor
+
+    @property
+    def count(self) -> int:
+        return self.summary.count
+
+    @classmethod
+    def from_json(cls, value: Any) -> ChangeList:
+        body = _object(value, "a list of changes")
+        return cls(
+            changes=tuple(Change.from_json(item) for item in _list(body, "changes")),
+            summary=ChangesSummary.from_json(body),
         )

@@ -1,10 +1,11 @@
-"""NDJSON listings as iterators that cannot be mistaken for complete when they were not.
+"""NDJSON streams as iterators that cannot be mistaken for complete when they were not.
 
 The broker streams one item per line and ends every stream with one status line:
 `{"status": "complete", ...}` (read into `summary`) or `{"status": "failed",
 "error": <problem>}` (raised as that problem's exception). A stream that stops
 without that line, or whose count disagrees with what arrived, raises
-`IncompleteStream`: whatever was received is not the whole listing.
+`IncompleteStream`: whatever was received is not the whole listing (or the whole
+set of changes: ask again with the same cursor).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class _Lines(Generic[Item, Summary]):
         if final["status"] != "complete":
             raise UnexpectedResponse(f"unknown final status {final['status']!r}", status=200)
         summary = self.call.summary(final)
-        count = final.get("count")
+        count = final.get(self.call.counted)
         if isinstance(count, int) and count != self.received:
             raise IncompleteStream(
                 f"the stream said {count} items but {self.received} arrived",
@@ -79,7 +80,7 @@ class _Lines(Generic[Item, Summary]):
             how = f" ({type(cause).__name__})" if cause is not None else ""
             raise IncompleteStream(
                 f"the stream ended after {self.received} items without its final line{how}; "
-                "the listing is incomplete",
+                "what arrived is incomplete",
                 received=self.received,
             ) from cause
 

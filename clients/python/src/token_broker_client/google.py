@@ -27,8 +27,8 @@ from typing import Any
 from google.auth import credentials as google_credentials
 from google.auth.exceptions import RefreshError
 
-from token_broker_client._clients import SyncBrokerClient
 from token_broker_client._errors import BrokerError, BrokerProblem, BrokerUnreachable
+from token_broker_client._sync_client import SyncBrokerClient
 
 __all__ = ["BrokerCredentials"]
 
