@@ -24,6 +24,7 @@ from starlette.types import ASGIApp
 from token_broker.google.gmail import GmailClient
 from token_broker.google.gmail_details import GmailMessages
 from token_broker.google.oauth import OAuthClient
+from token_broker.google.risc import RiscVerifier
 from token_broker.google.transport import Upstream
 from token_broker.kit.drain import Drain
 from token_broker.kit.rate_limit import RateLimiter
@@ -37,10 +38,12 @@ from token_broker.services.authorizations import AuthorizationService
 from token_broker.services.connect import ConnectService
 from token_broker.services.details import MessageDetailsService
 from token_broker.services.gmail_quota import GmailQuota
+from token_broker.services.grant_expiry import GrantExpiry
 from token_broker.services.keepalive import KeepAlive
 from token_broker.services.listing import ListingService
 from token_broker.services.readiness import Readiness
 from token_broker.services.reauthorization import ReauthorizationLinks, link_endpoint
+from token_broker.services.risc import RiscReceiver
 from token_broker.services.tokens import TokenService
 from token_broker.services.webhooks import Webhooks
 from token_broker.settings import ConfigurationError, Settings, load_settings
@@ -57,7 +60,15 @@ from token_broker.web.problems import (
 )
 from token_broker.web.request_context import RequestContextMiddleware
 from token_broker.web.request_limits import RequestLimits
-from token_broker.web.routers import accounts, health, message_details, messages, oauth, tokens
+from token_broker.web.routers import (
+    accounts,
+    health,
+    message_details,
+    messages,
+    oauth,
+    risc,
+    tokens,
+)
 from token_broker.web.routers import metrics as metrics_router
 from token_broker.web.token_bodies import TokenBodies
 from token_broker.web.token_fast_path import TokenFastPath
@@ -94,6 +105,8 @@ class Components:
     details: MessageDetailsService
     gmail_quota: GmailQuota
     keepalive: KeepAlive
+    grant_expiry: GrantExpiry
+    risc: RiscReceiver
 
 
 def build_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -154,7 +167,30 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
             webhooks = Webhooks(database, http, settings, metrics)
             webhooks.start()
             stack.push_async_callback(webhooks.stop)
-            account_states = AccountStates(keyring, webhooks)
+            account_states = AccountStates(
+                keyring,
+                webhooks,
+                publishing_status=settings.google_publishing_status,
+                metrics=metrics,
+            )
+            grant_expiry = GrantExpiry(database, account_states, webhooks, metrics, settings)
+            grant_expiry.start()
+            stack.push_async_callback(grant_expiry.stop)
+            risc_receiver = RiscReceiver(
+                database=database,
+                account_states=account_states,
+                verifier=RiscVerifier(
+                    upstream,
+                    configuration_url=settings.effective_risc_configuration_url,
+                    audiences=settings.risc_audience_set,
+                    cache_seconds=settings.jwks_cache_seconds,
+                ),
+                changes=changes,
+                webhooks=webhooks,
+                metrics=metrics,
+                max_age_seconds=settings.risc_max_age_seconds,
+                issuers=oauth_client.issuers,
+            )
             authorizations = AuthorizationService(
                 database=database, keyring=keyring, oauth=oauth_client, settings=settings
             )
@@ -230,6 +266,8 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
                 details=details,
                 gmail_quota=gmail_quota,
                 keepalive=keepalive,
+                grant_expiry=grant_expiry,
+                risc=risc_receiver,
             )
             app.state.web = WebState(
                 authenticator=authenticator,
@@ -249,6 +287,7 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
                     head_revision=head_revision(),
                     gmail_quota=gmail_quota,
                 ),
+                risc=risc_receiver,
                 metrics=metrics,
                 token_bodies=TokenBodies(),
                 default_min_ttl=settings.default_min_ttl_seconds,
@@ -287,6 +326,7 @@ def create_app(settings: Settings, *, mounts: Mapping[str, ASGIApp] | None = Non
     app.include_router(tokens.router)
     app.include_router(messages.router)
     app.include_router(message_details.router)
+    app.include_router(risc.router)
     if settings.metrics_enabled:
         app.include_router(metrics_router.router)
     for prefix, mounted in (mounts or {}).items():

@@ -363,6 +363,6 @@ async def test_audit_trail(caller: Caller) -> None:
     assert ("token_issued", "ok", "refreshed") in trail
     assert ("refresh", "ok", None) in trail
     assert ("refresh", "failed", None) in trail
-    assert ("account_revoked", "invalid_grant", None) in trail
+    assert ("account_revoked", "unknown_invalid_grant", None) in trail
     issued = [e for e in events if e.action == "token_issued"]
     assert all(e.client_id and e.account_id and e.request_id for e in issued)

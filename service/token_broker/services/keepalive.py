@@ -18,6 +18,7 @@ from datetime import timedelta
 
 from token_broker.errors import (
     AccountNotFound,
+    AccountSuspended,
     ProviderRejectedClient,
     ReauthorizationRequired,
     UpstreamUnavailable,
@@ -70,6 +71,8 @@ class KeepAlive:
                 outcome = "refreshed" if source is Source.REFRESHED else "already_fresh"
             except ReauthorizationRequired:
                 outcome = "revoked"
+            except AccountSuspended:
+                outcome = "suspended"
             except UpstreamUnavailable:
                 outcome = "unavailable"
             except AccountNotFound:

@@ -1,6 +1,8 @@
 """Account notifications: a signed POST to the operator's webhook when an account is
 connected (each successful consent, with the authorization id), turns revoked, or
-active again.
+active again; and about its grant's health (services/grant_health.py): expiring soon,
+recovered, suspended or unsuspended by Google, asked to sign in again, and the security
+events Google reports that change no status.
 
 Events are written to the `webhook_deliveries` outbox in the same transaction as the
 change, then a background dispatcher on every replica leases due rows one at a time
@@ -25,7 +27,7 @@ import json
 import logging
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import httpx
@@ -42,8 +44,25 @@ from token_broker.store.repositories import WebhookRepository
 log = logging.getLogger("token_broker.webhooks")
 
 SIGNATURE_HEADER = "Token-Broker-Signature"
-EventType = Literal["account.connected", "account.revoked", "account.reactivated"]
+EventType = Literal[
+    "account.connected",
+    "account.revoked",
+    "account.reactivated",
+    "account.recovered",
+    "account.expiring",
+    "account.suspended",
+    "account.unsuspended",
+    "account.signin_required",
+    "account.credential_change_required",
+    "account.sessions_revoked",
+]
+# Events caused by a connect carry its authorization id (null for a code exchange).
+CONNECT_EVENTS = frozenset({"account.connected", "account.reactivated", "account.recovered"})
 LEASE = timedelta(seconds=60)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
@@ -89,8 +108,12 @@ class Webhooks:
         reason: str | None,
         *,
         authorization_id: str | None = None,
+        **extra: Any,
     ) -> None:
-        """Queue a notification inside the caller's transaction (no-op when disabled)."""
+        """Queue a notification inside the caller's transaction (no-op when disabled).
+
+        `extra` adds event-specific fields (previous_reason, grant_expires_at, detail).
+        """
         if not self.enabled:
             return
         now = utcnow()
@@ -104,10 +127,14 @@ class Webhooks:
                 "subject": account.subject,
                 "email": account.email,
                 "status": account.status,
+                "status_reason": account.status_reason,
+                "status_changed_at": _iso(account.status_changed_at),
+                "grant_expires_at": _iso(account.grant_expires_at),
             },
             "reason": reason,
+            **extra,
         }
-        if event_type != "account.revoked":
+        if event_type in CONNECT_EVENTS:
             # The connect that caused it: null for a code exchange (POST /v1/oauth/exchange).
             payload["authorization"] = authorization_id
         await WebhookRepository(session).add(

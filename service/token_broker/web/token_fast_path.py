@@ -20,7 +20,8 @@ from token_broker.services.api_keys import Permission
 from token_broker.web.dependencies import WebState
 from token_broker.web.problems import as_broker_error, problem_response
 from token_broker.web.routers.accounts import ACCOUNT_REF
-from token_broker.web.routers.tokens import MAX_MIN_TTL, NO_STORE, ROUTE
+from token_broker.web.routers.tokens import MAX_MIN_TTL, MAX_SCOPES, NO_STORE, ROUTE
+from token_broker.web.schemas import TOKEN_TEXT
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class _Route:
 
 _TEMPLATE = _Route(ROUTE)
 _PATH = re.compile(r"^/v1/accounts/(" + ACCOUNT_REF[1:-1] + ")/access-token$")
+_SCOPE = re.compile(TOKEN_TEXT)
+MAX_SCOPE_LENGTH = 256
 _OK_HEADERS = [
     (b"content-type", b"application/json"),
     *((name.lower().encode(), value.encode()) for name, value in NO_STORE.items()),
@@ -59,13 +62,22 @@ class TokenFastPath:
 
     @staticmethod
     async def _answer(
-        reference: str, state: WebState, key: str | None, min_ttl: int, force_refresh: bool
+        reference: str,
+        state: WebState,
+        key: str | None,
+        min_ttl: int,
+        force_refresh: bool,
+        scopes: tuple[str, ...],
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         try:
             caller = await state.authenticator.authenticate(key)
             caller.require(Permission.TOKENS_READ)
             issued = await state.tokens.access_token(
-                reference, min_ttl=min_ttl, force_refresh=force_refresh, client_id=caller.client_id
+                reference,
+                min_ttl=min_ttl,
+                force_refresh=force_refresh,
+                client_id=caller.client_id,
+                scopes=scopes,
             )
         except Exception as error:
             mapped = as_broker_error(error)
@@ -77,12 +89,15 @@ class TokenFastPath:
         return 200, [*_OK_HEADERS, (b"content-length", str(len(body)).encode())], body
 
     @staticmethod
-    def _understood(scope: Scope) -> tuple[WebState, str | None, int, bool] | None:
+    def _understood(
+        scope: Scope,
+    ) -> tuple[WebState, str | None, int, bool, tuple[str, ...]] | None:
         state: WebState | None = getattr(scope["app"].state, "web", None)
         if state is None:
             return None
         min_ttl = state.default_min_ttl
         force_refresh = False
+        scopes: list[str] = []
         for name, value in parse_qsl(scope["query_string"].decode("latin-1")):
             if name == "min_ttl":
                 if not value.isdigit() or int(value) > MAX_MIN_TTL:
@@ -93,10 +108,16 @@ class TokenFastPath:
                 if flag not in _TRUE and flag not in _FALSE:
                     return None
                 force_refresh = flag in _TRUE
+            elif name == "scope":
+                if len(value) > MAX_SCOPE_LENGTH or not _SCOPE.match(value):
+                    return None
+                scopes.append(value)
+        if len(scopes) > MAX_SCOPES:
+            return None
         key = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, credentials = value.decode("latin-1").partition(" ")
                 key = credentials.strip() if scheme.lower() == "bearer" else None
                 break
-        return state, key, min_ttl, force_refresh
+        return state, key, min_ttl, force_refresh, tuple(scopes)

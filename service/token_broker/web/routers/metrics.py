@@ -23,7 +23,7 @@ router = APIRouter(tags=["health"])
 async def metrics(state: State) -> Response:
     try:
         counts = await state.accounts.count_by_status()
-        for status in ("active", "revoked"):
+        for status in ("active", "revoked", "suspended"):
             state.metrics.accounts.labels(status).set(counts.get(status, 0))
     except Exception as error:
         # Metrics must answer while the database is down; the gauge keeps its last value.
