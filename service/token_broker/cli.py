@@ -1,5 +1,5 @@
 """`token-broker` (also `python -m token_broker`): serve, dev, sandbox, migrate, check, clients,
-keys.
+keys, accounts, risc.
 
 Dev mode and the sandbox are imported only by their own commands: `serve` never
 loads the fake Google into a production process.
@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -25,11 +26,20 @@ from dotenv import dotenv_values
 from token_broker.app import build_http_client
 from token_broker.errors import BrokerError
 from token_broker.google.oauth import OAuthClient
+from token_broker.google.risc import DOCUMENTED_EVENT_TYPES, EVENT_TYPES
+from token_broker.google.risc_api import (
+    RiscApiError,
+    RiscStreamApi,
+    ServiceAccount,
+    ServiceAccountFileError,
+)
 from token_broker.google.transport import Upstream
 from token_broker.kit.retry import TransientError
 from token_broker.observability.logs import configure_logging
+from token_broker.services.account_health import HealthReport, health_report
 from token_broker.services.api_keys import Permission
 from token_broker.services.clients import ClientService
+from token_broker.services.grant_health import StatusReason
 from token_broker.services.key_rotation import KeyRotation
 from token_broker.settings import ConfigurationError, Settings, env_name, load_settings
 from token_broker.store.database import Database, create_engine, is_postgres
@@ -45,8 +55,15 @@ app = typer.Typer(
 )
 clients_app = typer.Typer(help="API clients and their keys.", no_args_is_help=True)
 keys_app = typer.Typer(help="Encryption keys for secrets at rest.", no_args_is_help=True)
+accounts_app = typer.Typer(help="Connected accounts and their grants.", no_args_is_help=True)
+risc_app = typer.Typer(
+    help="Cross-Account Protection: Google's security event stream to POST /v1/risc.",
+    no_args_is_help=True,
+)
 app.add_typer(clients_app, name="clients")
 app.add_typer(keys_app, name="keys")
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(risc_app, name="risc")
 
 
 def fail(lines: list[str], code: int = 2) -> typer.Exit:
@@ -327,6 +344,180 @@ def keys_rotate(
         + (f" ({details})" if details else "")
         + f"; every value is now under key {report.primary}"
     )
+
+
+@accounts_app.command("health")
+def accounts_health(
+    status: Annotated[
+        str | None, typer.Option(help="Only accounts with this status (active, revoked, …).")
+    ] = None,
+    reason: Annotated[
+        StatusReason | None, typer.Option(help="Only accounts with this status_reason.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Accounts listed.")] = 50,
+) -> None:
+    """Accounts by status and reason, grants ending soon, and the accounts needing attention."""
+    settings = settings_or_exit()
+    notice = timedelta(seconds=settings.expiring_notice_seconds)
+    report = with_database(
+        settings,
+        lambda db: health_report(db, status=status, reason=reason, limit=limit, notice=notice),
+    )
+    for line in health_lines(report):
+        typer.echo(line)
+
+
+def _when(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "-"
+    seconds = (moment - now).total_seconds()
+    span = abs(seconds)
+    amount = (
+        f"{span / 86_400:.0f}d" if span >= 86_400
+        else f"{span / 3600:.0f}h" if span >= 3600
+        else f"{span / 60:.0f}m"
+    )  # fmt: skip
+    stamp = moment.strftime("%Y-%m-%d %H:%M")
+    return f"{stamp} (in {amount})" if seconds > 0 else f"{stamp} ({amount} ago)"
+
+
+def health_lines(report: HealthReport) -> list[str]:
+    """The report as an operator reads it: a summary, counts by reason, then the accounts."""
+    statuses = ", ".join(
+        f"{report.count(status)} {status}" for status in ("active", "revoked", "suspended")
+    )
+    hours = report.notice.total_seconds() / 3600
+    lines = [
+        f"{report.total} accounts: {statuses}; "
+        f"{report.ending_within_notice} grants end within {hours:g}h",
+        "",
+        f"{'STATUS':<10} {'REASON':<30} COUNT",
+    ]
+    for (status, reason), count in sorted(
+        report.by_status_and_reason.items(), key=lambda item: (item[0][0], item[0][1] or "")
+    ):
+        lines.append(f"{status:<10} {reason or '-':<30} {count}")
+    lines += [
+        "",
+        f"{'ACCOUNT':<32} {'STATUS':<10} {'REASON':<30} {'SINCE':<25} {'GRANT ENDS':<28} "
+        "LAST REFRESH",
+    ]
+    for account in report.accounts:
+        who = (account.email or account.subject)[:32]
+        lines.append(
+            f"{who:<32} {account.status:<10} {account.status_reason or '-':<30} "
+            f"{_when(account.status_changed_at, report.at):<25} "
+            f"{_when(account.grant_expires_at, report.at):<28} "
+            f"{_when(account.last_refreshed_at, report.at)}"
+        )
+    if not report.accounts:
+        lines.append("(none)")
+    return lines
+
+
+# --------------------------------------------------------------------------- risc
+
+
+def _risc_call(
+    settings: Settings,
+    service_account_file: Path | None,
+    call: Callable[[RiscStreamApi], Awaitable[T]],
+) -> T:
+    path = service_account_file or settings.risc_service_account_file
+    if path is None:
+        raise fail(
+            [
+                f"{env_name('risc_service_account_file')}: required (or --service-account-file): "
+                "a service account key with the RISC Configuration Admin role"
+            ]
+        )
+    try:
+        account = ServiceAccount.from_file(path)
+    except ServiceAccountFileError as error:
+        raise fail([f"{env_name('risc_service_account_file')}: {error}"]) from None
+
+    async def run() -> T:
+        async with build_http_client(settings) as http:
+            return await call(RiscStreamApi(Upstream(http), settings.risc_api_base, account))
+
+    try:
+        return asyncio.run(run())
+    except ServiceAccountFileError as error:
+        raise fail([f"{env_name('risc_service_account_file')}: {error}"]) from None
+    except RiscApiError as error:
+        raise fail([f"the RISC API refused: HTTP {error.status}: {error.message}"], 1) from None
+    except TransientError as error:
+        raise fail(
+            [f"the RISC API at {settings.risc_api_base} did not answer ({error.reason})"], 1
+        ) from None
+
+
+ServiceAccountOption = Annotated[
+    Path | None,
+    typer.Option(help="Service account key file (default TOKEN_BROKER_RISC_SERVICE_ACCOUNT_FILE)."),
+]
+
+
+@risc_app.command("register")
+def risc_register(
+    url: Annotated[
+        str | None,
+        typer.Option(help="The receiver's public URL (default: /v1/risc beside the redirect URI)."),
+    ] = None,
+    event: Annotated[
+        list[str] | None,
+        typer.Option(help="An event type URI to receive; repeat (default: all Google documents)."),
+    ] = None,
+    service_account_file: ServiceAccountOption = None,
+) -> None:
+    """Register the broker's receiver for Google's security events (stream:update)."""
+    settings = settings_or_exit()
+    receiver = url or settings.effective_risc_receiver_url
+    if receiver is None:
+        raise fail([f"--url: required ({env_name('redirect_uri')} is not set either)"])
+    unknown = [uri for uri in event or [] if uri not in EVENT_TYPES]
+    if unknown:
+        raise fail([f"--event: not an event type the broker acts on: {' '.join(unknown)}"])
+    requested = list(event or DOCUMENTED_EVENT_TYPES)
+    answer = _risc_call(settings, service_account_file, lambda api: api.update(receiver, requested))
+    typer.echo(f"registered {receiver} for {len(requested)} event types")
+    for uri in answer.get("events_delivered", requested):
+        typer.echo(f"  {uri}")
+
+
+@risc_app.command("status")
+def risc_status(service_account_file: ServiceAccountOption = None) -> None:
+    """Where Google sends security events, whether it does, and which."""
+    settings = settings_or_exit()
+
+    async def both(api: RiscStreamApi) -> tuple[dict[str, object], dict[str, object]]:
+        return await api.configuration(), await api.status()
+
+    configuration, status = _risc_call(settings, service_account_file, both)
+    delivery = configuration.get("delivery")
+    url = delivery.get("url") if isinstance(delivery, dict) else None
+    typer.echo(f"receiver  {url or '-'}")
+    typer.echo(f"status    {status.get('status', '-')}")
+    requested = configuration.get("events_requested")
+    delivered = configuration.get("events_delivered")
+    typer.echo("events")
+    for uri in requested if isinstance(requested, list) else []:
+        mark = "" if not isinstance(delivered, list) or uri in delivered else "  (not delivered)"
+        typer.echo(f"  {uri}{mark}")
+
+
+@risc_app.command("verify")
+def risc_verify(
+    state: Annotated[
+        str | None, typer.Option(help="A string to find in the broker's log (default: a time).")
+    ] = None,
+    service_account_file: ServiceAccountOption = None,
+) -> None:
+    """Ask Google for a verification event; the broker logs its state when it arrives."""
+    settings = settings_or_exit()
+    text = state or f"token-broker verify {datetime.now(UTC).isoformat(timespec='seconds')}"
+    _risc_call(settings, service_account_file, lambda api: api.verify(text))
+    typer.echo(f"verification requested (state {text!r}); the broker logs it when it arrives")
 
 
 def main() -> None:

@@ -294,6 +294,17 @@ class Settings(BaseSettings):
         return self.issuer.rstrip("/") + "/.well-known/risc-configuration"
 
     @property
+    def effective_risc_receiver_url(self) -> str | None:
+        """Where Google is asked to send security events: the setting, else `/v1/risc` on the
+        broker's public address (the redirect URI's)."""
+        if self.risc_receiver_url is not None:
+            return self.risc_receiver_url
+        if not self.redirect_uri:
+            return None
+        parts = urlsplit(self.redirect_uri)
+        return f"{parts.scheme}://{parts.netloc}/v1/risc"
+
+    @property
     def risc_audience_set(self) -> frozenset[str]:
         """The client ids a security event token may be addressed to."""
         return frozenset({*([self.google_client_id] if self.google_client_id else []),

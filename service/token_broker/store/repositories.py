@@ -181,6 +181,31 @@ class AccountRepository:
         )
         return {(status, reason): int(count) for status, reason, count in result.all()}
 
+    async def needing_attention(
+        self, *, status: str | None, reason: str | None, limit: int
+    ) -> Sequence[Account]:
+        """Revoked and suspended accounts first (latest change first), then active ones with
+        a reason (asked to sign in), then by the grant's end, soonest first."""
+        rank = sa.case(
+            (col(Account.status) != "active", 0),
+            (col(Account.status_reason).is_not(None), 1),
+            else_=2,
+        )
+        statement = select(Account)
+        if status is not None:
+            statement = statement.where(Account.status == status)
+        if reason is not None:
+            statement = statement.where(Account.status_reason == reason)
+        ending = sa.case((rank == 2, col(Account.grant_expires_at)))
+        statement = statement.order_by(
+            rank,
+            ending.is_(None),
+            ending,
+            col(Account.status_changed_at).desc(),
+            col(Account.created_at),
+        ).limit(limit)
+        return (await self.session.exec(statement)).all()
+
     async def expiring(self, before: datetime, limit: int) -> Sequence[Account]:
         """Active accounts whose grant ends before `before` and whose users were not yet told."""
         result = await self.session.exec(
