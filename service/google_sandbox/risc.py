@@ -349,26 +349,8 @@ def risc_router(state: SandboxState, deliveries: Deliveries) -> APIRouter:
         tags=["sandbox control"],
         summary="A service account key file for the RISC API (Google's JSON key format)",
     )
-    async def new_service_account() -> dict[str, Any]:
-        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        key_id = secrets.token_hex(20)
-        email = f"risc-{secrets.token_hex(3)}@sandbox-project.iam.gserviceaccount.com"
-        public = RSAKey.import_key(private.public_key()).as_dict(private=False)
-        state.risc.service_accounts[key_id] = ServiceAccount(email, key_id, dict(public))
-        pem = private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode()
-        return {
-            "type": "service_account",
-            "project_id": "sandbox-project",
-            "private_key_id": key_id,
-            "private_key": pem,
-            "client_email": email,
-            "client_id": str(int.from_bytes(secrets.token_bytes(8), "big")),
-            "token_uri": root_token_uri(state),
-        }
+    async def create_service_account() -> dict[str, Any]:
+        return new_service_account(state)
 
     @router.post(
         "/_sandbox/risc/events",
@@ -437,6 +419,36 @@ def risc_router(state: SandboxState, deliveries: Deliveries) -> APIRouter:
     return router
 
 
+def new_service_account(state: SandboxState) -> dict[str, Any]:
+    """A service account of the sandbox's project, as Google's JSON key file."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_id = secrets.token_hex(20)
+    email = f"risc-{secrets.token_hex(3)}@sandbox-project.iam.gserviceaccount.com"
+    public = RSAKey.import_key(private.public_key()).as_dict(private=False)
+    state.risc.service_accounts[key_id] = ServiceAccount(email, key_id, dict(public))
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return {
+        "type": "service_account",
+        "project_id": "sandbox-project",
+        "private_key_id": key_id,
+        "private_key": pem,
+        "client_email": email,
+        "client_id": str(int.from_bytes(secrets.token_bytes(8), "big")),
+        "token_uri": (state.issuer or "http://127.0.0.1") + "/token",
+    }
+
+
+def register_receiver(state: SandboxState, url: str) -> None:
+    """What `stream:update` does: deliver every documented event type to `url` (dev mode)."""
+    state.risc.receiver_url = url
+    state.risc.events_requested = list(EVENT_TYPES.values())
+    state.risc.enabled = True
+
+
 def _client_of(state: SandboxState, user: SandboxUser | None) -> str:
     if user is not None:
         for grant in state.grants.values():
@@ -451,7 +463,3 @@ def _latest_refresh_token(state: SandboxState, user: SandboxUser, client_id: str
         if grant.email == user.email and grant.client_id == client_id and not grant.revoked:
             return grant.latest_refresh_token
     return None
-
-
-def root_token_uri(state: SandboxState) -> str:
-    return (state.issuer or "http://127.0.0.1") + "/token"
