@@ -377,7 +377,7 @@ def _when(moment: datetime | None, now: datetime) -> str:
         else f"{span / 3600:.0f}h" if span >= 3600
         else f"{span / 60:.0f}m"
     )  # fmt: skip
-    stamp = moment.strftime("%Y-%m-%d %H:%M")
+    stamp = moment.strftime("%m-%d %H:%M")
     return f"{stamp} (in {amount})" if seconds > 0 else f"{stamp} ({amount} ago)"
 
 
@@ -387,9 +387,10 @@ def health_lines(report: HealthReport) -> list[str]:
         f"{report.count(status)} {status}" for status in ("active", "revoked", "suspended")
     )
     hours = report.notice.total_seconds() / 3600
+    ending = report.ending_within_notice
     lines = [
-        f"{report.total} accounts: {statuses}; "
-        f"{report.ending_within_notice} grants end within {hours:g}h",
+        f"{report.total} accounts: {statuses}; {ending} grant{'' if ending == 1 else 's'} "
+        f"end{'s' if ending == 1 else ''} within {hours:g}h (times in UTC)",
         "",
         f"{'STATUS':<10} {'REASON':<30} COUNT",
     ]
@@ -399,15 +400,15 @@ def health_lines(report: HealthReport) -> list[str]:
         lines.append(f"{status:<10} {reason or '-':<30} {count}")
     lines += [
         "",
-        f"{'ACCOUNT':<32} {'STATUS':<10} {'REASON':<30} {'SINCE':<25} {'GRANT ENDS':<28} "
+        f"{'ACCOUNT':<28} {'STATUS':<10} {'REASON':<30} {'SINCE':<22} {'GRANT ENDS':<22} "
         "LAST REFRESH",
     ]
     for account in report.accounts:
-        who = (account.email or account.subject)[:32]
+        who = (account.email or account.subject)[:28]
         lines.append(
-            f"{who:<32} {account.status:<10} {account.status_reason or '-':<30} "
-            f"{_when(account.status_changed_at, report.at):<25} "
-            f"{_when(account.grant_expires_at, report.at):<28} "
+            f"{who:<28} {account.status:<10} {account.status_reason or '-':<30} "
+            f"{_when(account.status_changed_at, report.at):<22} "
+            f"{_when(account.grant_expires_at, report.at):<22} "
             f"{_when(account.last_refreshed_at, report.at)}"
         )
     if not report.accounts:

@@ -166,7 +166,9 @@ async def test_risc_cli_registers_reads_and_verifies_and_health_shows_the_result
     health = await run("accounts", "health")
     assert health.returncode == 0, health.stderr
     lines = health.stdout.splitlines()
-    assert lines[0] == "2 accounts: 1 active, 0 revoked, 1 suspended; 0 grants end within 24h"
+    assert lines[0] == (
+        "2 accounts: 1 active, 0 revoked, 1 suspended; 0 grants end within 24h (times in UTC)"
+    )
     bob_line = next(line for line in lines if line.startswith("bob@example.com"))
     assert "suspended" in bob_line
     assert "account_disabled_hijacking" in bob_line

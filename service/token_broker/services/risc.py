@@ -98,7 +98,7 @@ class RiscReceiver:
         self.webhooks = webhooks
         self.metrics = metrics
         self.max_age = timedelta(seconds=max_age_seconds)
-        # Subjects name their issuer: Google's RISC issuer or its ID tokens' (either form).
+        # The ID tokens' issuers: a subject named by one of them is the broker's account.
         self.issuers = {issuer.rstrip("/") for issuer in issuers}
 
     async def receive(self, body: bytes) -> Receipt:
@@ -127,8 +127,10 @@ class RiscReceiver:
                 await RiscEventRepository(session).purge_received_before(
                     utcnow() - max(RECENT_SECURITY_EVENT, self.max_age + 2 * FUTURE_LEEWAY)
                 )
+                # Subjects name Google's issuer: the token's own (validated) or the ID tokens'.
+                issuers = self.issuers | {str(claims["iss"]).rstrip("/")}
                 for event in events:
-                    outcome, account = await self._apply(session, event, issued_at)
+                    outcome, account = await self._apply(session, event, issued_at, issuers)
                     receipt.outcomes.append((event.kind or event.uri, outcome))
                     if account is not None:
                         events_row.account_id = events_row.account_id or account.id
@@ -187,7 +189,7 @@ class RiscReceiver:
     # ------------------------------------------------------------------ acting
 
     async def _apply(
-        self, session: AsyncSession, event: ParsedEvent, issued_at: datetime
+        self, session: AsyncSession, event: ParsedEvent, issued_at: datetime, issuers: set[str]
     ) -> tuple[str, Account | None]:
         kind = event.kind
         if kind is None:
@@ -199,7 +201,7 @@ class RiscReceiver:
                 state[:200] if isinstance(state, str) else None,
             )
             return "verified", None
-        accounts, by_token = await self._subjects(session, event)
+        accounts, by_token = await self._subjects(session, event, issuers)
         if not accounts:
             return "unknown_subject", None
         outcome = "recorded"
@@ -278,7 +280,7 @@ class RiscReceiver:
         )
 
     async def _subjects(
-        self, session: AsyncSession, event: ParsedEvent
+        self, session: AsyncSession, event: ParsedEvent, issuers: set[str]
     ) -> tuple[list[Account], bool]:
         """The accounts an event names: by Google subject (iss-sub, id_token_claims), by
         refresh token identifier (oauth_token; then True), or by verified email (email)."""
@@ -288,7 +290,7 @@ class RiscReceiver:
         sub = subject.get("sub")
         if isinstance(sub, str) and sub:
             issuer = subject.get("iss")
-            if isinstance(issuer, str) and issuer.rstrip("/") not in self.issuers:
+            if isinstance(issuer, str) and issuer.rstrip("/") not in issuers:
                 return [], False
             account = await accounts.by_subject(PROVIDER, sub)
             return ([account] if account is not None else []), False
