@@ -46,13 +46,6 @@ class OAuthError(Exception):
         self.subtype = subtype
         super().__init__(f"token endpoint: HTTP {status} {error}")
 
-    @property
-    def grant_is_dead(self) -> bool:
-        """invalid_grant (unless a session-control policy) or unauthorized_client: permanent."""
-        if self.error == "invalid_grant":
-            return self.subtype not in ("invalid_rapt", "rapt_required")
-        return self.error == "unauthorized_client"
-
 
 class IdTokenInvalid(Exception):
     """The ID token failed signature or claim validation (reason only, never the token)."""
