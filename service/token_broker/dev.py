@@ -119,6 +119,8 @@ def prepare(data_dir: Path, host: str, port: int, *, keep_database_url: bool) ->
     if not keep_database_url:
         overrides["database_url"] = f"sqlite+aiosqlite:///{(data_dir / 'broker.db').resolve()}"
     settings = load_settings(**overrides)
+    # The sandbox's app has the publishing status the broker is told it has.
+    client.publishing_status = settings.google_publishing_status
     api_key = asyncio.run(_migrate_and_issue_key(settings))
     environment = DevEnvironment(settings, sandbox, data_dir, api_key, base_url)
     environment.save_sandbox()
