@@ -7,6 +7,7 @@ RISC configuration and keys; the broker receives them at POST /v1/risc. Both dat
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -280,3 +281,22 @@ async def test_no_configuration_is_503_so_google_sends_it_again(
 
 def _b64(value: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
+async def test_one_token_delivered_to_several_replicas_at_once_acts_once(
+    live: Live, broker_factory: Any
+) -> None:
+    subject = await connect(live)
+    other = await broker_factory(live.broker.state.settings)
+    token = await signed(live, "account-disabled", reason="bulk-account")
+
+    async def deliver(client: httpx.AsyncClient) -> int:
+        answer = await client.post("/v1/risc", content=token.encode(), headers=SECEVENT)
+        return answer.status_code
+
+    clients = [live.broker.client, other.client] * 3
+    statuses = await asyncio.gather(*(deliver(client) for client in clients))
+    assert sorted(statuses) == [202, 400, 400, 400, 400, 400]
+    assert (await account(live.broker, subject)).status_reason == "account_disabled_bulk_account"
+    async with live.broker.state.database.transaction() as session:
+        assert len((await session.exec(select(RiscEvent))).all()) == 1
