@@ -224,6 +224,8 @@ async def test_forged_replayed_stale_and_misaddressed_tokens_are_refused(live: L
         "stale": (await signed(live, "tokens-revoked", issued_at=now - 7200), "invalid_request"),
         "from the future": (
             await signed(live, "tokens-revoked", issued_at=now + 3600), "invalid_request"),
+        "from beyond any calendar": (
+            await signed(live, "tokens-revoked", issued_at=10**18), "invalid_request"),
         "not a JWT": ("hello", "invalid_request"),
         "empty": ("", "invalid_request"),
     }  # fmt: skip

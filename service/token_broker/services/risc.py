@@ -160,7 +160,10 @@ class RiscReceiver:
         iat = claims.get("iat")
         if isinstance(iat, bool) or not isinstance(iat, int | float):
             raise SecurityEventTokenInvalid("invalid_request", "iat is missing")
-        issued_at = datetime.fromtimestamp(iat, UTC)
+        try:
+            issued_at = datetime.fromtimestamp(iat, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise SecurityEventTokenInvalid("invalid_request", "iat is not a time") from None
         now = utcnow()
         if now - issued_at > self.max_age:
             raise SecurityEventTokenInvalid(
