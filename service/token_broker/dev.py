@@ -75,8 +75,7 @@ def _private_file(path: Path, make: str) -> str:
 
 def prepare(data_dir: Path, host: str, port: int, *, keep_database_url: bool) -> DevEnvironment:
     # The fake Google is imported here, never by the modules a production process loads.
-    from google_sandbox import SandboxState
-    from google_sandbox.risc import new_service_account, register_receiver
+    from google_sandbox import SandboxState, new_service_account, register_receiver
 
     data_dir.mkdir(parents=True, exist_ok=True)
     base_url = f"http://{host}:{port}"
