@@ -17,19 +17,7 @@ Facts beyond those in `scopes.py`, `keys.py` and `identity.py`:
 - Discovery: every endpoint lives under the same root as the discovery document, so a
   sandbox mounted under a prefix (dev mode's `/sandbox`) names working URLs.
 
-Why refreshes are refused (Google's OAuth 2.0 guide, "Refresh token expiration",
-developers.google.com/identity/protocols/oauth2#expiration), each with Google's answer:
-
-- a client in testing status (publishing status, control API) gets grants that end 7 days
-  after consent, unless the only scopes requested are a subset of name, email address
-  and user profile; time-based access (`time_based_access_seconds`) ends when
-  `refresh_token_expires_in`, sent with every token answer, elapses; a refresh token
-  unused for six months stops working: all answer 400 invalid_grant "Token has been
-  expired or revoked." (the same words as a revocation: Google does not say which);
-- a session-control policy (a user's `reauth_required`): 400 invalid_grant with
-  `error_subtype` invalid_rapt, "reauth related error (invalid_rapt)";
-- an admin restriction (`admin_restricted`): 400 admin_policy_enforced;
-- a disabled account (`disabled`): 400 invalid_grant.
+Why refreshes are refused, and when grants end: `grant_ends.py`.
 
 Identity as Google documents it (https://developers.google.com/identity/openid-connect/reference):
 
@@ -63,6 +51,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from google_sandbox import identity
 from google_sandbox.consent import consent_page
 from google_sandbox.errors import NO_STORE, error_page, google_api_error, oauth_error
+from google_sandbox.grant_ends import EXPIRED_OR_REVOKED, consented, refusal
 from google_sandbox.scopes import (
     SIGN_IN_SCOPES,
     google_name,
@@ -74,15 +63,11 @@ from google_sandbox.state import (
     AccessToken,
     AuthCode,
     Grant,
-    SandboxClient,
     SandboxState,
     SandboxUser,
 )
 
 AUTHORIZE_PATH = "/o/oauth2/v2/auth"
-TESTING_GRANT_LIFETIME = 7 * 86_400
-IDLE_LIMIT = 182 * 86_400  # six months unused
-EXPIRED_OR_REVOKED = "Token has been expired or revoked."
 SESSION_COOKIE = "SANDBOX_SID"
 
 
@@ -322,7 +307,7 @@ def oauth_router(state: SandboxState) -> APIRouter:
             grant = state.new_grant(code.email, client_id, set(code.scopes))
         grant.scopes = set(code.scopes)
         if code.issue_refresh_token:
-            _consented(grant, state.clients[client_id], code.requested)
+            consented(grant, state.clients[client_id], code.requested)
         refresh_token = state.issue_refresh_token(grant) if code.issue_refresh_token else None
         return _token_answer(request, grant, grant.scopes, client_id, refresh_token, code.nonce)
 
@@ -339,7 +324,7 @@ def oauth_router(state: SandboxState) -> APIRouter:
             return oauth_error(400, "invalid_grant", EXPIRED_OR_REVOKED)
         if grant.client_id != client_id:
             return oauth_error(401, "unauthorized_client", "Unauthorized")
-        refused = _refused(grant, state.users[grant.email])
+        refused = refusal(grant, state.users[grant.email])
         if refused is not None:
             return refused
         grant.last_used_at = time.time()
@@ -488,40 +473,6 @@ def oauth_router(state: SandboxState) -> APIRouter:
 
 
 CERTS_CACHE = {"Cache-Control": "public, max-age=3600, must-revalidate, no-transform"}
-
-
-def _consented(grant: Grant, client: SandboxClient, requested: set[str]) -> None:
-    """A consent starts the grant's clock: its end in testing status or time-based access."""
-    now = time.time()
-    grant.consented_at = grant.last_used_at = now
-    ends = []
-    if client.publishing_status == "testing" and not requested <= SIGN_IN_SCOPES:
-        ends.append(now + TESTING_GRANT_LIFETIME)
-    if client.time_based_access_seconds:
-        ends.append(now + client.time_based_access_seconds)
-    grant.expires_at = min(ends) if ends else None
-
-
-def _refused(grant: Grant, user: SandboxUser) -> Response | None:
-    """Google's answer to a refresh of a grant that cannot be refreshed now, if it cannot."""
-    now = time.time()
-    if user.disabled:
-        return oauth_error(400, "invalid_grant", EXPIRED_OR_REVOKED)
-    if user.admin_restricted:
-        return oauth_error(400, "admin_policy_enforced", "Access restricted by an administrator.")
-    if user.reauth_required:
-        body = {
-            "error": "invalid_grant",
-            "error_description": "reauth related error (invalid_rapt)",
-            "error_uri": "https://support.google.com/a/answer/9368756",
-            "error_subtype": "invalid_rapt",
-        }
-        return JSONResponse(body, status_code=400, headers=NO_STORE)
-    if grant.expires_at is not None and now >= grant.expires_at:
-        return oauth_error(400, "invalid_grant", EXPIRED_OR_REVOKED)
-    if now - grant.last_used_at >= IDLE_LIMIT:
-        return oauth_error(400, "invalid_grant", EXPIRED_OR_REVOKED)
-    return None
 
 
 def _auth_code(
