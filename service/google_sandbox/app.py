@@ -23,6 +23,8 @@ from google_sandbox.mailbox_control import ChangeGenerator, mailbox_control_rout
 from google_sandbox.messages import messages_router
 from google_sandbox.oauth import oauth_router
 from google_sandbox.pubsub_control import pubsub_control_router
+from google_sandbox.risc import install as install_risc
+from google_sandbox.risc import risc_router
 from google_sandbox.state import SandboxState
 from google_sandbox.sync import sync_router
 
@@ -40,8 +42,9 @@ def create_sandbox_app(state: SandboxState) -> FastAPI:
     app = FastAPI(
         title="Token Broker sandbox provider",
         description="Google's OAuth 2.0, OpenID Connect and Gmail endpoints (messages.list, "
-        "messages.get, batch, history.list, getProfile, watch and stop, per-user quota) and "
-        "Cloud Pub/Sub push deliveries, on loopback.",
+        "messages.get, batch, history.list, getProfile, watch and stop, per-user quota), "
+        "Cloud Pub/Sub push deliveries and Cross-Account Protection (the RISC configuration, "
+        "stream API and security events), on loopback.",
         version="1",
         docs_url=None,
         redoc_url=None,
@@ -57,6 +60,7 @@ def create_sandbox_app(state: SandboxState) -> FastAPI:
     app.include_router(mailbox_control_router(state, generator))
     app.include_router(pubsub_control_router(state))
     app.include_router(quota_router(state))
+    app.include_router(risc_router(state, install_risc(state)))
     app.add_middleware(FaultsAndCounters, state=state)
     # Outside the fault injector: added latency counts as a call in progress.
     app.add_middleware(GmailLimits, state=state)

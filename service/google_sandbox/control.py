@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
@@ -59,6 +59,13 @@ class UserSpec(BaseModel):
     email_verified: bool | None = Field(
         default=None, description="What `email_verified` says (default true)."
     )
+    reauth_required: bool | None = Field(
+        default=None,
+        description="A session-control policy: refreshes answer invalid_grant, invalid_rapt.",
+    )
+    admin_restricted: bool | None = Field(
+        default=None, description="An admin restriction: refreshes answer admin_policy_enforced."
+    )
 
 
 class ClientSpec(BaseModel):
@@ -68,6 +75,19 @@ class ClientSpec(BaseModel):
     azp: str | None = Field(
         default=None, description="`azp` of its ID tokens (default: the client id)."
     )
+    publishing_status: Literal["testing", "production"] | None = Field(
+        default=None,
+        description="testing: grants beyond the sign-in scopes end 7 days after consent.",
+    )
+    time_based_access_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        description="Grants end this long after consent (refresh_token_expires_in); 0: off.",
+    )
+
+
+class AgeSpec(BaseModel):
+    seconds: float = Field(gt=0, description="How much time passes for the user's grants.")
 
 
 def control_router(state: SandboxState) -> APIRouter:
@@ -132,15 +152,25 @@ def control_router(state: SandboxState) -> APIRouter:
             email_claim=spec.email_claim,
             email_verified=spec.email_verified,
         )
+        if spec.reauth_required is not None:
+            user.reauth_required = spec.reauth_required
+        if spec.admin_restricted is not None:
+            user.admin_restricted = spec.admin_restricted
         return {
             "email": user.email,
             "sub": user.sub,
             "mailbox_size": user.mailbox_size,
             "email_claim": user.claimed_email,
             "email_verified": user.email_verified,
+            "reauth_required": user.reauth_required,
+            "admin_restricted": user.admin_restricted,
         }
 
-    @router.put("/clients/{client_id}", summary="A client's ID tokens: extra audiences, azp")
+    @router.put(
+        "/clients/{client_id}",
+        summary="A client: ID tokens' extra audiences and azp, publishing status, time-based "
+        "access",
+    )
     async def change_client(client_id: str, spec: ClientSpec) -> dict[str, Any]:
         client = state.clients.get(client_id)
         if client is None:
@@ -149,7 +179,16 @@ def control_router(state: SandboxState) -> APIRouter:
             client.extra_audiences = spec.extra_audiences
         if "azp" in spec.model_fields_set:
             client.azp = spec.azp
-        return {"extra_audiences": client.extra_audiences, "azp": client.azp or client_id}
+        if spec.publishing_status is not None:
+            client.publishing_status = spec.publishing_status
+        if spec.time_based_access_seconds is not None:
+            client.time_based_access_seconds = spec.time_based_access_seconds or None
+        return {
+            "extra_audiences": client.extra_audiences,
+            "azp": client.azp or client_id,
+            "publishing_status": client.publishing_status,
+            "time_based_access_seconds": client.time_based_access_seconds,
+        }
 
     @router.post(
         "/seed",
@@ -167,6 +206,13 @@ def control_router(state: SandboxState) -> APIRouter:
     @router.post("/users/{email}/revoke", summary="Revoke every grant of a user")
     async def revoke_user(email: str) -> dict[str, int]:
         return {"revoked": state.revoke_user(email)}
+
+    @router.post(
+        "/users/{email}/age-grants",
+        summary="Let time pass for a user's grants (consent, last use, end move back)",
+    )
+    async def age_grants(email: str, spec: AgeSpec) -> dict[str, int]:
+        return {"aged": state.age_grants(email, spec.seconds)}
 
     @router.post("/users/{email}/expire-tokens", summary="Expire a user's access tokens now")
     async def expire(email: str) -> dict[str, int]:

@@ -17,6 +17,8 @@ Facts beyond those in `scopes.py`, `keys.py` and `identity.py`:
 - Discovery: every endpoint lives under the same root as the discovery document, so a
   sandbox mounted under a prefix (dev mode's `/sandbox`) names working URLs.
 
+Why refreshes are refused, and when grants end: `grant_ends.py`.
+
 Identity as Google documents it (https://developers.google.com/identity/openid-connect/reference):
 
 - The authorization response carries `iss` (RFC 9207), success and error alike, and the
@@ -49,6 +51,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from google_sandbox import identity
 from google_sandbox.consent import consent_page
 from google_sandbox.errors import NO_STORE, error_page, google_api_error, oauth_error
+from google_sandbox.grant_ends import EXPIRED_OR_REVOKED, consented, refusal
 from google_sandbox.scopes import (
     SIGN_IN_SCOPES,
     google_name,
@@ -56,7 +59,13 @@ from google_sandbox.scopes import (
     invalid_scope_description,
     unknown,
 )
-from google_sandbox.state import AccessToken, AuthCode, Grant, SandboxState, SandboxUser
+from google_sandbox.state import (
+    AccessToken,
+    AuthCode,
+    Grant,
+    SandboxState,
+    SandboxUser,
+)
 
 AUTHORIZE_PATH = "/o/oauth2/v2/auth"
 SESSION_COOKIE = "SANDBOX_SID"
@@ -297,6 +306,8 @@ def oauth_router(state: SandboxState) -> APIRouter:
         if grant is None:
             grant = state.new_grant(code.email, client_id, set(code.scopes))
         grant.scopes = set(code.scopes)
+        if code.issue_refresh_token:
+            consented(grant, state.clients[client_id], code.requested)
         refresh_token = state.issue_refresh_token(grant) if code.issue_refresh_token else None
         return _token_answer(request, grant, grant.scopes, client_id, refresh_token, code.nonce)
 
@@ -306,13 +317,17 @@ def oauth_router(state: SandboxState) -> APIRouter:
             return oauth_error(400, "invalid_request", "Missing required parameter: refresh_token")
         grant, replayed = state.grant_for_refresh_token(presented)
         if grant is None or grant.revoked:
-            return oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
+            return oauth_error(400, "invalid_grant", EXPIRED_OR_REVOKED)
         if replayed:
             # A rotated-away refresh token came back: assume it leaked, kill the grant.
             state.revoke_grant(grant)
-            return oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
+            return oauth_error(400, "invalid_grant", EXPIRED_OR_REVOKED)
         if grant.client_id != client_id:
             return oauth_error(401, "unauthorized_client", "Unauthorized")
+        refused = refusal(grant, state.users[grant.email])
+        if refused is not None:
+            return refused
+        grant.last_used_at = time.time()
         scopes = set(grant.scopes)
         if form.get("scope", "").strip():
             asked = form["scope"].split()
@@ -342,6 +357,8 @@ def oauth_router(state: SandboxState) -> APIRouter:
             "scope": " ".join(sorted(scopes)),
             "token_type": "Bearer",
         }
+        if state.clients[client_id].time_based_access_seconds and grant.expires_at is not None:
+            body["refresh_token_expires_in"] = max(1, int(grant.expires_at - time.time()))
         if refresh_token is not None:
             body["refresh_token"] = refresh_token
         if "openid" in scopes:
@@ -484,4 +501,5 @@ def _auth_code(
         issue_refresh_token=params.get("access_type") == "offline" and consented,
         expires_at=time.time() + state.code_ttl,
         nonce=params.get("nonce"),
+        requested=granted_names(params.get("scope", "").split()),
     )

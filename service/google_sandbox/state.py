@@ -34,6 +34,12 @@ class SandboxClient:
     # with `azp` saying who asked (default: this client).
     extra_audiences: list[str] = field(default_factory=list)
     azp: str | None = None
+    # The OAuth app's publishing status: in testing, grants beyond the sign-in scopes end
+    # 7 days after consent (Google's OAuth 2.0 guide, "Refresh token expiration").
+    publishing_status: str = "production"
+    # Time-based access: grants end this long after consent; token answers then carry
+    # `refresh_token_expires_in` (Google's web-server guide, the token response).
+    time_based_access_seconds: int | None = None
 
 
 @dataclass
@@ -52,6 +58,14 @@ class SandboxUser:
     mailbox_size: int
     email_claim: str | None = None
     email_verified: bool = True
+    # Google disabled the account (Cross-Account Protection's account-disabled): refreshes
+    # and access tokens are refused until it is enabled again.
+    disabled: bool = False
+    # A session-control policy wants a fresh sign-in: refreshes answer invalid_grant with
+    # error_subtype invalid_rapt; the grant itself stands.
+    reauth_required: bool = False
+    # A Workspace admin restricted the service: refreshes answer admin_policy_enforced.
+    admin_restricted: bool = False
     _mailbox: list[Message] | None = None
     _index: dict[str, Message] | None = None
     deleted: set[str] = field(default_factory=set)
@@ -104,6 +118,10 @@ class Grant:
     rotated_refresh_tokens: set[str] = field(default_factory=set)
     revoked: bool = False
     access_tokens: set[str] = field(default_factory=set)
+    consented_at: float = field(default_factory=time.time)
+    last_used_at: float = field(default_factory=time.time)
+    expires_at: float | None = None  # testing status or time-based access; None: no end
+    latest_refresh_token: str | None = None
 
 
 @dataclass
@@ -118,6 +136,7 @@ class AuthCode:
     expires_at: float
     nonce: str | None = None
     used: bool = False
+    requested: set[str] = field(default_factory=set)  # the scopes the request asked for
 
 
 @dataclass
@@ -125,6 +144,27 @@ class AccessToken:
     grant_id: str
     scopes: set[str]
     expires_at: float
+
+
+@dataclass
+class ServiceAccount:
+    """A service account of the sandbox's project, for the RISC API (its key's public half)."""
+
+    client_email: str
+    private_key_id: str
+    public_jwk: dict[str, Any]
+
+
+@dataclass
+class RiscStream:
+    """The project's Cross-Account Protection stream (risc.py): where events go, which."""
+
+    service_accounts: dict[str, ServiceAccount] = field(default_factory=dict)  # by key id
+    receiver_url: str | None = None
+    events_requested: list[str] = field(default_factory=list)
+    enabled: bool = True
+    # (jti, event type URI, HTTP status or error), newest last.
+    deliveries: deque[tuple[str, str, str]] = field(default_factory=lambda: deque(maxlen=1000))
 
 
 FaultKind = Literal["status", "drop", "hang", "latency", "raw", "revoke"]
@@ -205,6 +245,10 @@ class SandboxState:
         self.history_retention_seconds: float = DEFAULT_RETENTION_SECONDS
         # Called when clients, users or grants change (dev mode saves them to disk).
         self.on_change: Callable[[], None] | None = None
+        # Called with (event type, user email, client id, event fields) when Google would
+        # tell the client's project about a security event (risc.py delivers it).
+        self.on_security_event: Callable[[str, str, str, dict[str, str]], None] | None = None
+        self.risc = RiscStream()
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -269,6 +313,7 @@ class SandboxState:
         self.quota.reset()
         self.pubsub.reset()
         self.history_retention_seconds = DEFAULT_RETENTION_SECONDS
+        self.risc.deliveries.clear()
 
     # ------------------------------------------------------------------ grants and tokens
 
@@ -320,6 +365,7 @@ class SandboxState:
         token = _random("1//sandbox-", 64)
         grant.refresh_tokens.add(token)
         self._by_refresh_token[token] = grant
+        grant.latest_refresh_token = token
         self._changed()
         return token
 
@@ -355,6 +401,7 @@ class SandboxState:
                 self._add_grant(grant)
             refresh_token = _random("1//sandbox-", 64)
             grant.refresh_tokens.add(refresh_token)
+            grant.latest_refresh_token = refresh_token
             self._by_refresh_token[refresh_token] = grant
             access_token, lifetime = self.issue_access_token(grant)
             seeded.append((user, refresh_token, access_token, lifetime))
@@ -368,6 +415,9 @@ class SandboxState:
         grant = self.grants.get(access.grant_id)
         if grant is None or grant.revoked:
             return None
+        user = self.users.get(grant.email)
+        if user is not None and user.disabled:
+            return None
         return access
 
     def revoke_grant(self, grant: Grant) -> None:
@@ -380,12 +430,49 @@ class SandboxState:
         grant.access_tokens.clear()
 
     def revoke_user(self, email: str) -> int:
+        """Revoke every live grant of the user (Google Account > Remove access): each
+        client's project is told tokens-revoked."""
         revoked = 0
+        clients = set()
         for grant in self._grants_of.get(email.lower(), []):
             if not grant.revoked:
                 self.revoke_grant(grant)
+                clients.add(grant.client_id)
                 revoked += 1
+        for client_id in sorted(clients):
+            self._security_event("tokens-revoked", email.lower(), client_id)
         return revoked
+
+    def set_disabled(self, email: str, disabled: bool, *, reason: str | None = None) -> int:
+        """Disable (with Google's `reason`: hijacking, bulk-account) or enable a Google
+        account; returns how many clients' projects were told."""
+        user = self.users[email.lower()]
+        user.disabled = disabled
+        self._changed()
+        clients = sorted({g.client_id for g in self.grants.values() if g.email == user.email})
+        for client_id in clients:
+            event = "account-disabled" if disabled else "account-enabled"
+            self._security_event(event, user.email, client_id, {"reason": reason} if reason else {})
+        return len(clients)
+
+    def age_grants(self, email: str, seconds: float) -> int:
+        """Let `seconds` pass for the user's grants (consent, last use and end move back)."""
+        aged = 0
+        for grant in self.grants.values():
+            if grant.email == email.lower():
+                grant.consented_at -= seconds
+                grant.last_used_at -= seconds
+                if grant.expires_at is not None:
+                    grant.expires_at -= seconds
+                aged += 1
+        self._changed()
+        return aged
+
+    def _security_event(
+        self, event: str, email: str, client_id: str, extra: dict[str, str] | None = None
+    ) -> None:
+        if self.on_security_event is not None:
+            self.on_security_event(event, email, client_id, extra or {})
 
     def expire_access_tokens(self, email: str | None = None) -> int:
         if email is None:
@@ -425,19 +512,23 @@ class SandboxState:
             "clients": [
                 {"client_id": c.client_id, "client_secret": c.client_secret,
                  "redirect_uris": sorted(c.redirect_uris - {"postmessage"}),
-                 "extra_audiences": c.extra_audiences, "azp": c.azp}
+                 "extra_audiences": c.extra_audiences, "azp": c.azp,
+                 "publishing_status": c.publishing_status,
+                 "time_based_access_seconds": c.time_based_access_seconds}
                 for c in self.clients.values()
             ],
             "users": [
                 {"email": u.email, "name": u.name, "mailbox_size": u.mailbox_size,
-                 "email_claim": u.email_claim, "email_verified": u.email_verified}
+                 "email_claim": u.email_claim, "email_verified": u.email_verified,
+                 "disabled": u.disabled}
                 for u in self.users.values()
             ],
             "grants": [
                 {"id": g.id, "email": g.email, "client_id": g.client_id,
                  "scopes": sorted(g.scopes), "refresh_tokens": sorted(g.refresh_tokens),
                  "rotated_refresh_tokens": sorted(g.rotated_refresh_tokens),
-                 "revoked": g.revoked}
+                 "revoked": g.revoked, "consented_at": g.consented_at,
+                 "last_used_at": g.last_used_at, "expires_at": g.expires_at}
                 for g in self.grants.values()
             ],
         }  # fmt: skip
@@ -449,6 +540,8 @@ class SandboxState:
             )
             added.extra_audiences = list(client.get("extra_audiences", []))
             added.azp = client.get("azp")
+            added.publishing_status = client.get("publishing_status", "production")
+            added.time_based_access_seconds = client.get("time_based_access_seconds")
         for user in snapshot.get("users", []):
             self.add_user(
                 user["email"],
@@ -456,7 +549,7 @@ class SandboxState:
                 mailbox_size=user["mailbox_size"],
                 email_claim=user.get("email_claim"),
                 email_verified=user.get("email_verified"),
-            )
+            ).disabled = bool(user.get("disabled", False))
         for grant in snapshot.get("grants", []):
             self._add_grant(
                 Grant(
@@ -468,5 +561,9 @@ class SandboxState:
                     refresh_tokens=set(grant["refresh_tokens"]),
                     rotated_refresh_tokens=set(grant["rotated_refresh_tokens"]),
                     revoked=grant["revoked"],
+                    # Grants saved before the sandbox kept these: consented when restored.
+                    consented_at=grant.get("consented_at", time.time()),
+                    last_used_at=grant.get("last_used_at", time.time()),
+                    expires_at=grant.get("expires_at"),
                 )
             )

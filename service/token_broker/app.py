@@ -29,6 +29,7 @@ from token_broker.google.gmail_details import GmailMessages
 from token_broker.google.gmail_sync import GmailSync
 from token_broker.google.oauth import OAuthClient
 from token_broker.google.push_tokens import PushTokens
+from token_broker.google.risc import RiscVerifier
 from token_broker.google.transport import Upstream
 from token_broker.kit.drain import Drain
 from token_broker.kit.rate_limit import RateLimiter
@@ -45,6 +46,7 @@ from token_broker.services.connect import ConnectService
 from token_broker.services.details import MessageDetailsService
 from token_broker.services.gmail_push import PushReceiver
 from token_broker.services.gmail_quota import GmailQuota
+from token_broker.services.grant_expiry import GrantExpiry
 from token_broker.services.keepalive import KeepAlive
 from token_broker.services.listing import ListingService
 from token_broker.services.mailbox_changes import ChangesService
@@ -53,6 +55,7 @@ from token_broker.services.mailbox_watches import WatchKeeper
 from token_broker.services.readiness import Readiness
 from token_broker.services.reauthorization import ReauthorizationLinks, link_endpoint
 from token_broker.services.replicas import Heartbeat
+from token_broker.services.risc import RiscReceiver
 from token_broker.services.state_sweep import StateSweep
 from token_broker.services.tokens import TokenService
 from token_broker.services.webhooks import Webhooks
@@ -73,7 +76,15 @@ from token_broker.web.problems import (
 from token_broker.web.request_context import RequestContextMiddleware
 from token_broker.web.request_limits import RequestLimits
 from token_broker.web.request_tracing import RequestTracing
-from token_broker.web.routers import accounts, health, message_details, messages, oauth, tokens
+from token_broker.web.routers import (
+    accounts,
+    health,
+    message_details,
+    messages,
+    oauth,
+    risc,
+    tokens,
+)
 from token_broker.web.routers import changes as changes_router
 from token_broker.web.routers import gmail_push as gmail_push_router
 from token_broker.web.routers import metrics as metrics_router
@@ -116,6 +127,8 @@ class Components:
     keepalive: KeepAlive
     account_gauges: AccountGauges
     state_sweep: StateSweep
+    grant_expiry: GrantExpiry
+    risc: RiscReceiver
     mailbox_changes: ChangesService | None = None
     watches: WatchKeeper | None = None  # with TOKEN_BROKER_GMAIL_PUSH_TOPIC only
     notices: MailboxNotices | None = None
@@ -219,7 +232,30 @@ def create_app(
             webhooks = Webhooks(database, http, settings, metrics, tracer=tracer)
             webhooks.start()
             stack.push_async_callback(webhooks.stop)
-            account_states = AccountStates(keyring, webhooks)
+            account_states = AccountStates(
+                keyring,
+                webhooks,
+                publishing_status=settings.google_publishing_status,
+                metrics=metrics,
+            )
+            grant_expiry = GrantExpiry(database, account_states, webhooks, metrics, settings)
+            grant_expiry.start()
+            stack.push_async_callback(grant_expiry.stop)
+            risc_receiver = RiscReceiver(
+                database=database,
+                account_states=account_states,
+                verifier=RiscVerifier(
+                    upstream,
+                    configuration_url=settings.effective_risc_configuration_url,
+                    audiences=settings.risc_audience_set,
+                    cache_seconds=settings.jwks_cache_seconds,
+                ),
+                changes=changes,
+                webhooks=webhooks,
+                metrics=metrics,
+                max_age_seconds=settings.risc_max_age_seconds,
+                issuers=oauth_client.issuers,
+            )
             authorizations = AuthorizationService(
                 database=database, keyring=keyring, oauth=oauth_client, settings=settings
             )
@@ -343,6 +379,8 @@ def create_app(
                 watches=watches,
                 notices=notices,
                 state_sweep=state_sweep,
+                grant_expiry=grant_expiry,
+                risc=risc_receiver,
             )
             app.state.web = WebState(
                 authenticator=authenticator,
@@ -360,6 +398,7 @@ def create_app(
                     head_revision=head_revision(),
                     gmail_quota=gmail_quota,
                 ),
+                risc=risc_receiver,
                 metrics=metrics,
                 token_bodies=TokenBodies(settings.token_cache_size),
                 default_min_ttl=settings.default_min_ttl_seconds,
@@ -415,6 +454,7 @@ def create_app(
     app.include_router(message_details.router)
     app.include_router(changes_router.router)
     app.include_router(gmail_push_router.router)
+    app.include_router(risc.router)
     if settings.metrics_enabled and settings.metrics_port is None:
         app.include_router(metrics_router.router)
     for prefix, mounted in (mounts or {}).items():

@@ -3,7 +3,9 @@
 Everything lives in a data folder: the SQLite database, a generated keyring and the
 sandbox's clients, users and grants (saved whenever they change, so connected
 accounts keep working across restarts). A fresh API key with every permission is
-printed at start.
+printed at start. The sandbox's Cross-Account Protection stream delivers to the
+broker's `/v1/risc` from the start (revoking a grant in the sandbox reaches the broker
+at once), and a service account key for `token-broker risc` is written beside them.
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ def _private_file(path: Path, make: str) -> str:
 
 def prepare(data_dir: Path, host: str, port: int, *, keep_database_url: bool) -> DevEnvironment:
     # The fake Google is imported here, never by the modules a production process loads.
-    from google_sandbox import SandboxState
+    from google_sandbox import SandboxState, new_service_account, register_receiver
 
     data_dir.mkdir(parents=True, exist_ok=True)
     base_url = f"http://{host}:{port}"
@@ -176,6 +178,11 @@ def prepare(data_dir: Path, host: str, port: int, *, keep_database_url: bool) ->
     for email, name, size in SEED_USERS:
         if email not in sandbox.users:
             sandbox.add_user(email, name=name, mailbox_size=size)
+    register_receiver(sandbox, f"{base_url}/v1/risc")
+    risc_key = data_dir / "risc-service-account.json"
+    risc_key.touch(mode=0o600)
+    risc_key.chmod(0o600)
+    risc_key.write_text(json.dumps(new_service_account(sandbox), indent=1))
 
     overrides: dict[str, object] = {
         "environment": "development",
@@ -191,10 +198,14 @@ def prepare(data_dir: Path, host: str, port: int, *, keep_database_url: bool) ->
         "revoke_uri": f"{sandbox_url}/revoke",
         "jwks_uri": f"{sandbox_url}/oauth2/v3/certs",
         "gmail_api_base": sandbox_url,
+        "risc_service_account_file": risc_key,
+        "risc_api_base": sandbox_url,
     }
     if not keep_database_url:
         overrides["database_url"] = f"sqlite+aiosqlite:///{(data_dir / 'broker.db').resolve()}"
     settings = load_settings(**overrides)
+    # The sandbox's app has the publishing status the broker is told it has.
+    client.publishing_status = settings.google_publishing_status
     api_key = asyncio.run(_migrate_and_issue_key(settings))
     environment = DevEnvironment(settings, sandbox, data_dir, api_key, base_url)
     environment.save_sandbox()

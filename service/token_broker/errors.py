@@ -337,6 +337,28 @@ class ReauthorizationRequired(BrokerError):
     )
 
 
+class AccountSuspended(BrokerError):
+    status = 409
+    code = "account_suspended"
+    title = "Account suspended"
+    default_detail = (
+        "Google disabled this Google account (Cross-Account Protection); no token is handed "
+        "out until Google enables it again (see status_reason)."
+    )
+
+
+class InvalidSecurityEvent(BrokerError):
+    """A security event token the receiver refused; `err` is RFC 8935's error code."""
+
+    status = 400
+    code = "invalid_security_event"
+    title = "Invalid security event token"
+    default_detail = "The security event token was refused (see err and description)."
+
+    def __init__(self, err: str, description: str) -> None:
+        super().__init__(description, err=err, description=description)
+
+
 class NoUserId(BrokerError):
     status = 502
     code = "no_user_id"

@@ -33,3 +33,34 @@ def missing(required: Iterable[str], present: Iterable[str]) -> list[str]:
     """The `required` scopes (as written) that no scope in `present` is the same as."""
     have = set(google_names(present))
     return [scope for scope in required if google_name(scope) not in have]
+
+
+# The sign-in scopes: Google grants them with any sign-in, and a grant holding nothing else
+# is exempt from the 7-day expiry of apps in testing status (Google's OAuth 2.0 guide,
+# "Refresh token expiration": "unless the only OAuth scopes requested are a subset of name,
+# email address, and user profile (through the userinfo.email, userinfo.profile, openid
+# scopes, or their OpenID Connect equivalents)").
+OPENID = "openid"
+SIGN_IN_SCOPES = frozenset({OPENID, USERINFO_EMAIL, USERINFO_PROFILE})
+
+# Gmail's scopes that may call each method (the Gmail discovery document, gmail.v1.json:
+# users.messages.list and users.messages.get, "scopes"). gmail.metadata reads ids, labels
+# and headers only: Gmail refuses a `q` with it, and the `full` and `raw` formats.
+GMAIL = "https://www.googleapis.com/auth/gmail."
+GMAIL_METADATA = GMAIL + "metadata"
+GMAIL_READ_SCOPES = frozenset(
+    {"https://mail.google.com/", GMAIL + "modify", GMAIL + "readonly", GMAIL_METADATA}
+)
+
+
+def gmail_scopes_for(*, query: str | None, message_format: str | None) -> frozenset[str]:
+    """The scopes any one of which lets a listing (with `query`, and details in
+    `message_format`, if any) run: the check a listing makes before calling Gmail."""
+    if query or message_format in ("full", "raw"):
+        return GMAIL_READ_SCOPES - {GMAIL_METADATA}
+    return GMAIL_READ_SCOPES
+
+
+def is_sign_in_only(scopes: Iterable[str]) -> bool:
+    """Whether every scope is a sign-in scope (name, email address, profile)."""
+    return all(google_name(scope) in SIGN_IN_SCOPES for scope in scopes)

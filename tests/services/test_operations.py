@@ -314,7 +314,7 @@ async def test_webhook_per_state_change_signed_and_retried(
         started = await live.start(login_hint="alice@example.com")
         answer = await live.consent(started["authorization_url"], email="alice@example.com")
         assert (await live.callback(answer)).status_code == 200  # reconnect: active again
-        await eventually(lambda: len(receiver.received) == 4, within=10)
+        await eventually(lambda: len(receiver.received) == 5, within=10)
 
     events = []
     for request_headers, body in receiver.received:
@@ -329,12 +329,21 @@ async def test_webhook_per_state_change_signed_and_retried(
         assert request_headers["token-broker-event-id"] == event["id"]
         events.append(event)
     assert [e["type"] for e in events[:2]] == ["account.connected", "account.revoked"]
-    assert {e["type"] for e in events[2:]} == {"account.reactivated", "account.connected"}
+    assert {e["type"] for e in events[2:]} == {
+        "account.reactivated",
+        "account.recovered",
+        "account.connected",
+    }
     assert events[0]["account"]["subject"] == subject
     assert events[0]["authorization"] is not None
     assert events[1]["account"]["status"] == "revoked"
-    assert events[1]["reason"] == "invalid_grant"
+    # Google's invalid_grant names no cause, and the broker knew of none (no RISC here).
+    assert events[1]["reason"] == "unknown_invalid_grant"
+    assert events[1]["account"]["status_reason"] == "unknown_invalid_grant"
+    assert "invalid_grant" in events[1]["detail"]
     assert "authorization" not in events[1]
+    recovered = next(e for e in events if e["type"] == "account.recovered")
+    assert recovered["previous_reason"] == "unknown_invalid_grant"
     assert all(e["account"]["status"] == "active" for e in events[2:])
     # The reconnect's events name the authorization that caused them.
     assert {e["authorization"] for e in events[2:]} == {started["id"]}
@@ -343,7 +352,7 @@ async def test_webhook_per_state_change_signed_and_retried(
         deliveries = (
             await session.exec(select(WebhookDelivery).order_by(WebhookDelivery.created_at))
         ).all()
-    assert [d.attempts for d in deliveries] == [2, 1, 1, 1]
+    assert [d.attempts for d in deliveries] == [2, 1, 1, 1, 1]
     assert all(d.delivered_at is not None for d in deliveries)
 
 

@@ -367,7 +367,7 @@ async def test_audit_trail(caller: Caller) -> None:
     assert ("token_issued", "ok", "database") in trail  # the first token of the window
     assert ("refresh", "ok", None) in trail
     assert ("refresh", "failed", None) in trail
-    assert ("account_revoked", "invalid_grant", None) in trail
+    assert ("account_revoked", "unknown_invalid_grant", None) in trail
     first, closing = [e for e in events if e.action == "token_issued"]
     assert first.client_id
     assert first.account_id

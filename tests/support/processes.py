@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -48,6 +49,8 @@ class BrokerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=Path(__file__).parent,
+            # Its own process group: killing it takes its uvicorn workers along.
+            start_new_session=True,
         )
 
     async def ready(self, within: float = 30.0) -> None:
@@ -67,14 +70,17 @@ class BrokerProcess:
                 await asyncio.sleep(0.05)
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
+        """SIGKILL the broker and any worker processes it started."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
 
     def terminate(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout=60)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # nothing of it may outlive it
         self._log.close()
         return code
 

@@ -75,6 +75,11 @@ async def test_force_refresh_spellings(
 async def test_the_route_is_still_documented(connected: Broker) -> None:
     spec = (await connected.client.get("/openapi.json")).json()
     operation = spec["paths"]["/v1/accounts/{account}/access-token"]["get"]
-    assert {p["name"] for p in operation["parameters"]} == {"account", "min_ttl", "force_refresh"}
+    assert {p["name"] for p in operation["parameters"]} == {
+        "account",
+        "min_ttl",
+        "force_refresh",
+        "scope",
+    }
     assert operation["security"] == [{"ApiKey": []}]
     assert "409" in operation["responses"]

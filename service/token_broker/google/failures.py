@@ -29,7 +29,7 @@ from token_broker.kit.retry import RetriesExhausted, TransientError
 
 log = logging.getLogger("token_broker.google")
 
-Step = Literal["code_exchange", "identity", "refresh", "gmail"]
+Step = Literal["code_exchange", "identity", "refresh", "gmail", "risc"]
 # What a call to the provider raises when it fails; `except UPSTREAM_FAILURES` catches it.
 UPSTREAM_FAILURES: tuple[type[Exception], ...] = (
     OAuthError, IdTokenInvalid, GmailError, UpstreamProtocolError, TransientError,
@@ -41,12 +41,14 @@ _NO_ANSWER: dict[Step, str] = {
     "identity": "The provider did not answer the identity request.",
     "refresh": "The provider's token endpoint did not answer in time.",
     "gmail": "Gmail did not answer in time.",
+    "risc": "Google's RISC configuration or signing keys could not be fetched; send it again.",
 }
 _UNUSABLE: dict[Step, str] = {
     "code_exchange": "The provider's token endpoint misbehaved",
     "identity": "The provider's identity answer was unusable",
     "refresh": "The provider's token endpoint misbehaved",
     "gmail": "Gmail's answer was unusable",
+    "risc": "Google's RISC configuration or signing keys were unusable",
 }
 
 

@@ -46,13 +46,6 @@ class OAuthError(Exception):
         self.subtype = subtype
         super().__init__(f"token endpoint: HTTP {status} {error}")
 
-    @property
-    def grant_is_dead(self) -> bool:
-        """invalid_grant (unless a session-control policy) or unauthorized_client: permanent."""
-        if self.error == "invalid_grant":
-            return self.subtype not in ("invalid_rapt", "rapt_required")
-        return self.error == "unauthorized_client"
-
 
 class IdTokenInvalid(Exception):
     """The ID token failed signature or claim validation (reason only, never the token)."""
@@ -69,10 +62,20 @@ class TokenGrant:
     scopes: tuple[str, ...] | None
     refresh_token: SecretStr | None
     id_token: SecretStr | None
+    # Set only for time-based access: the refresh token's remaining lifetime (Google's
+    # web-server guide, the token response: "only set when the user grants time-based
+    # access").
+    refresh_token_expires_in: int | None = None
 
     @property
     def expires_at(self) -> datetime:
         return self.received_at + timedelta(seconds=self.expires_in)
+
+    @property
+    def refresh_token_expires_at(self) -> datetime | None:
+        if self.refresh_token_expires_in is None:
+            return None
+        return self.received_at + timedelta(seconds=self.refresh_token_expires_in)
 
 
 class _TokenResponse(BaseModel):
@@ -82,6 +85,7 @@ class _TokenResponse(BaseModel):
     scope: str | None = None
     refresh_token: str | None = None
     id_token: str | None = None
+    refresh_token_expires_in: int | None = None
 
     @field_validator("access_token")
     @classmethod
@@ -89,6 +93,18 @@ class _TokenResponse(BaseModel):
         if not value.strip():
             raise ValueError("empty access_token")
         return value
+
+    @field_validator("refresh_token_expires_in", mode="before")
+    @classmethod
+    def _lifetime_or_none(cls, value: Any) -> int | None:
+        # An unusable lifetime is not a reason to refuse the token: it is ignored.
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            return None
+        try:
+            seconds = int(value)
+        except ValueError:
+            return None
+        return seconds if seconds > 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +224,7 @@ class OAuthClient:
             scopes=tuple(parsed.scope.split()) if parsed.scope is not None else None,
             refresh_token=SecretStr(parsed.refresh_token) if parsed.refresh_token else None,
             id_token=SecretStr(parsed.id_token) if parsed.id_token else None,
+            refresh_token_expires_in=parsed.refresh_token_expires_in,
         )
 
     # ------------------------------------------------------------------ revoke, userinfo

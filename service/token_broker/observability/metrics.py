@@ -134,6 +134,47 @@ class Metrics:
             registry=registry,
         )
 
+        # Grant health: reasons and events by name only, never an account.
+        self.refusals = Counter(
+            "token_broker_refresh_refusals",
+            "Refreshes the provider refused, by the reason the broker found (status_reason).",
+            ["reason"],
+            registry=registry,
+        )
+        self.status_changes = Counter(
+            "token_broker_account_status_changes",
+            "Account status changes by new status and reason (none: no reason).",
+            ["status", "reason"],
+            registry=registry,
+        )
+        self.accounts_by_reason = Gauge(
+            "token_broker_accounts_by_reason",
+            "Accounts by status and status_reason (none: no reason), counted every "
+            "TOKEN_BROKER_GRANT_HEALTH_INTERVAL_SECONDS.",
+            ["status", "reason"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.accounts_expiring = Gauge(
+            "token_broker_accounts_expiring_within_day",
+            "Active accounts whose grant is known to end within 24 hours.",
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.risc_events = Counter(
+            "token_broker_risc_events",
+            "Security events accepted from Google (Cross-Account Protection), by event and "
+            "outcome: applied, recorded, unknown_subject, superseded, ignored.",
+            ["event", "outcome"],
+            registry=registry,
+        )
+        self.risc_refused = Counter(
+            "token_broker_risc_refused",
+            "Security event tokens refused, by RFC 8935 error code (invalid_request, "
+            "invalid_key, invalid_issuer, invalid_audience).",
+            ["err"],
+            registry=registry,
+        )
         self._mailbox_metrics(registry)
 
     def _mailbox_metrics(self, registry: CollectorRegistry) -> None:

@@ -86,13 +86,19 @@ class AccountService:
         return account
 
     async def page(
-        self, *, email: str | None, status: str | None, cursor: str | None, limit: int
+        self,
+        *,
+        email: str | None,
+        status: str | None,
+        cursor: str | None,
+        limit: int,
+        reason: str | None = None,
     ) -> tuple[list[Account], str | None]:
         after = self.cursors.decode(cursor, email=email, status=status) if cursor else None
         async with self.database.transaction() as session:
             rows = list(
                 await AccountRepository(session).page(
-                    email=email, status=status, after=after, limit=limit + 1
+                    email=email, status=status, after=after, limit=limit + 1, reason=reason
                 )
             )
         if len(rows) > limit:

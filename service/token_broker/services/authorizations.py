@@ -10,6 +10,12 @@ An authorization started over the API gets its row at once (pending); one starte
 opening a re-authorization link gets its row when it finishes, so a link opened a
 thousand times leaves nothing behind once its states expire. Only the API client that
 started an authorization can read its outcome.
+
+Incremental authorization (`POST /v1/accounts/{account}/authorizations`, and the upgrade
+link of `scope_not_granted`) adds scopes to a connected account: the flow is bound to the
+account's subject like a re-authorization, asks for the new scopes with the account's
+`login_hint` (and `include_granted_scopes=true`, as every flow does, so Google's answer
+holds the union), and must end with them granted.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -24,6 +31,7 @@ from pydantic import SecretStr
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from token_broker.errors import (
+    AccountNotFound,
     AuthorizationNotFound,
     BrokerError,
     ReturnToNotAllowed,
@@ -31,14 +39,19 @@ from token_broker.errors import (
 )
 from token_broker.google.oauth import OAuthClient, PkcePair
 from token_broker.kit.clock import utcnow
-from token_broker.scopes import google_name, google_names
+from token_broker.scopes import SIGN_IN_SCOPES, google_name, google_names
 from token_broker.scopes import missing as missing_scopes
+from token_broker.services.account_states import PROVIDER
 from token_broker.services.audit import Action, write_audit
 from token_broker.services.return_to import return_to_allowed
 from token_broker.settings import Settings
 from token_broker.store.database import Database
 from token_broker.store.models import Account, Authorization, AuthorizationStatus, OAuthState
-from token_broker.store.repositories import AuthorizationRepository, OAuthStateRepository
+from token_broker.store.repositories import (
+    AccountRepository,
+    AuthorizationRepository,
+    OAuthStateRepository,
+)
 from token_broker.store.sealing import Keyring
 
 MAX_STATE_LENGTH = 512
@@ -82,6 +95,15 @@ class ConsumedState:
             return None
         return ReconnectTarget(self.row.account_id, self.row.subject)
 
+    @property
+    def requested_scopes(self) -> list[str]:
+        return self.row.scopes.split()
+
+    @property
+    def required_scopes(self) -> list[str] | None:
+        """Scopes the flow must end with; None: TOKEN_BROKER_REQUIRED_SCOPES."""
+        return self.row.required_scopes.split() if self.row.required_scopes else None
+
 
 class AuthorizationService:
     def __init__(
@@ -104,13 +126,24 @@ class AuthorizationService:
         login_hint: str | None,
         scopes: list[str] | None,
         return_to: str | None,
+        account: Account | None = None,
     ) -> StartedAuthorization:
-        """An authorization started over the API: pending until its callback."""
+        """An authorization started over the API: pending until its callback.
+
+        With `account`, an incremental authorization adding `scopes` to it.
+        """
         if return_to is not None and not return_to_allowed(
             return_to, self.settings.return_to_allowlist
         ):
             raise ReturnToNotAllowed()
-        requested = self._scopes(scopes)
+        target = None
+        required = None
+        if account is not None:
+            target = ReconnectTarget(account.id, account.subject)
+            login_hint = account.email or login_hint
+            requested, required = self._adding(scopes or [])
+        else:
+            requested = self._scopes(scopes)
         now = utcnow()
         state, row, url = self._new_state(
             now,
@@ -119,7 +152,8 @@ class AuthorizationService:
             login_hint=login_hint,
             scopes=requested,
             return_to=return_to,
-            target=None,
+            target=target,
+            required=required,
         )
         assert row.authorization_id is not None
         async with self.database.transaction() as session:
@@ -136,27 +170,50 @@ class AuthorizationService:
             await write_audit(
                 session, Action.AUTHORIZATION_STARTED, "ok", client_id=client_id,
                 detail={"authorization": row.authorization_id, "scopes": requested,
-                        "return_to": return_to is not None},
+                        "return_to": return_to is not None,
+                        "account": target.account_id if target else None},
             )  # fmt: skip
         return StartedAuthorization(row.authorization_id, url, state, row.expires_at)
 
+    async def add_scopes(
+        self, *, client_id: str, reference: str, scopes: list[str], return_to: str | None
+    ) -> StartedAuthorization:
+        """Incremental authorization for a connected account (by subject or verified email)."""
+        async with self.database.transaction() as session:
+            account = await AccountRepository(session).resolve(PROVIDER, reference)
+        if account is None:
+            raise AccountNotFound()
+        return await self.start(
+            client_id=client_id, login_hint=None, scopes=scopes, return_to=return_to,
+            account=account,
+        )  # fmt: skip
+
     async def start_from_link(
-        self, *, client_id: str | None, login_hint: str | None, target: ReconnectTarget | None
+        self,
+        *,
+        client_id: str | None,
+        login_hint: str | None,
+        target: ReconnectTarget | None,
+        adding: Sequence[str] = (),
     ) -> str:
         """A fresh flow for an opened re-authorization link; returns the provider URL.
 
         Writes only the state (removed once expired): the authorization's row, and its
-        audit, are written when the flow finishes.
+        audit, are written when the flow finishes. `adding`: scopes the flow adds.
         """
         now = utcnow()
+        requested, required = list(self.settings.scopes), None
+        if adding and target is not None:
+            requested, required = self._adding(adding)
         _, row, url = self._new_state(
             now,
             authorization_id=str(uuid.uuid4()),
             client_id=client_id,
             login_hint=login_hint,
-            scopes=list(self.settings.scopes),
+            scopes=requested,
             return_to=None,
             target=target,
+            required=required,
         )
         async with self.database.transaction() as session:
             await OAuthStateRepository(session).add(row)
@@ -172,6 +229,7 @@ class AuthorizationService:
         scopes: list[str],
         return_to: str | None,
         target: ReconnectTarget | None,
+        required: list[str] | None = None,
     ) -> tuple[str, OAuthState, str]:
         state = secrets.token_urlsafe(32)
         nonce = secrets.token_urlsafe(24)
@@ -188,6 +246,7 @@ class AuthorizationService:
             subject=target.subject if target else None,
             login_hint=login_hint,
             scopes=" ".join(scopes),
+            required_scopes=" ".join(required) if required is not None else None,
             return_to=return_to,
             client_id=client_id,
             created_at=now,
@@ -239,6 +298,20 @@ class AuthorizationService:
             )
         wanted = set(google_names([*requested, *self.settings.required_scopes]))
         return [scope for scope in allowed if google_name(scope) in wanted]
+
+    def _adding(self, adding: Sequence[str]) -> tuple[list[str], list[str]]:
+        """An incremental authorization's scopes: those it asks for (the new ones, the
+        required ones and sign-in, which the consent screen does not ask again), and those
+        it must end with (the new and the required ones)."""
+        allowed = self.settings.scopes
+        unknown = sorted(set(missing_scopes(adding, allowed)))
+        if unknown:
+            raise ScopeNotAllowed(
+                f"not in TOKEN_BROKER_SCOPES: {' '.join(unknown)}", scopes_not_allowed=unknown
+            )
+        required = list(google_names([*adding, *self.settings.required_scopes]))
+        wanted = {*required, *SIGN_IN_SCOPES}
+        return [scope for scope in allowed if google_name(scope) in wanted], required
 
 
 async def record_outcome(

@@ -19,6 +19,7 @@ And the rules that make the result trustworthy:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,16 @@ class Flow:
     @property
     def authorization_id(self) -> str | None:
         return self.consumed.authorization_id if self.consumed is not None else None
+
+    @property
+    def required_scopes(self) -> list[str] | None:
+        """Scopes this flow must end with (an incremental authorization's); None: the
+        broker's required scopes."""
+        return self.consumed.required_scopes if self.consumed is not None else None
+
+    @property
+    def requested_scopes(self) -> list[str]:
+        return self.consumed.requested_scopes if self.consumed is not None else []
 
 
 class ConnectService:
@@ -198,26 +209,51 @@ class ConnectService:
         if target is not None and identity.subject != target.subject:
             # A re-authorization completed as someone else: the new grant is dropped (not
             # revoked: revoking would also end that person's own stored grant, if any).
+            await self._dropped(grant, identity)
             raise AccountMismatch(authorization_url=self._link(flow))
         granted = grant.scopes if grant.scopes is not None else self.settings.scopes
-        missing = missing_scopes(self.settings.required_scopes, granted)
+        required = flow.required_scopes
+        missing = missing_scopes(
+            self.settings.required_scopes if required is None else required, granted
+        )
         if missing:
+            await self._dropped(grant, identity)
             raise ScopeNotGranted(
                 f"The user did not grant {' '.join(missing)}; nothing was stored.",
                 missing_scopes=missing,
-                authorization_url=self._link(flow, login_hint=identity.email),
+                authorization_url=self._link(
+                    flow, login_hint=identity.email, scopes=missing if required else ()
+                ),
             )
         return await self._store(grant, identity, flow)
 
+    async def _dropped(self, grant: TokenGrant, identity: Identity) -> None:
+        """A grant Google issued and the broker does not keep: counted on the account of
+        its subject, if stored, since Google keeps only the newest refresh tokens."""
+        if grant.refresh_token is None:
+            return
+        try:
+            async with self.database.transaction() as session:
+                await self.account_states.grant_dropped(session, identity.subject)
+        except Exception:
+            log.warning("could not count a dropped grant", exc_info=True)
+
     def _link(
-        self, flow: Flow, *, account_id: str | None = None, login_hint: str | None = None
+        self,
+        flow: Flow,
+        *,
+        account_id: str | None = None,
+        login_hint: str | None = None,
+        scopes: Sequence[str] = (),
     ) -> str:
-        """Where to try again: bound to the flow's account (or `account_id`), if any."""
+        """Where to try again: bound to the flow's account (or `account_id`), if any; with
+        `scopes`, asking to add them (a failed incremental authorization)."""
         target = flow.target
         return self.links.url(
             account_id=target.account_id if target is not None else account_id,
             login_hint=login_hint or flow.login_hint,
             client_id=flow.client_id,
+            scopes=scopes if target is not None else (),
         )
 
     async def _exchange_code(
@@ -276,6 +312,7 @@ class ConnectService:
                         scopes=scopes,
                         client_id=flow.client_id,
                         authorization_id=flow.authorization_id,
+                        requested=flow.requested_scopes,
                     )
                     if flow.consumed is not None:
                         await record_outcome(session, flow.consumed, account=stored.account)

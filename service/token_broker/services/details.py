@@ -286,12 +286,20 @@ class MessageDetailsService:
         return DetailsFetch(self, account, query)
 
     async def one(
-        self, reference: str, message_id: str, query: DetailsQuery, client_id: str | None
+        self,
+        reference: str,
+        message_id: str,
+        query: DetailsQuery,
+        client_id: str | None,
+        *,
+        accepted_scopes: frozenset[str] = frozenset(),
     ) -> dict[str, Any]:
         """`messages.get` for one message of the account (GET .../messages/{id})."""
-        issued = await self.listing.tokens.access_token(
+        tokens = self.listing.tokens
+        issued = await tokens.access_token(
             reference, min_ttl=TOKEN_MIN_TTL, force_refresh=False, client_id=client_id
         )
+        tokens.scope_upgrades.require_any(issued.token, accepted_scopes, client_id)
         account = AccountCalls(
             self, reference, client_id, account_id=issued.token.account_id,
             email=issued.token.email, token=issued.token.access_token,

@@ -20,6 +20,7 @@ from datetime import timedelta
 
 from token_broker.errors import (
     AccountNotFound,
+    AccountSuspended,
     ProviderRejectedClient,
     ReauthorizationRequired,
     UpstreamUnavailable,
@@ -87,6 +88,8 @@ class KeepAlive:
             source = await self.tokens.keep_alive(account_id, unused_since)
         except ReauthorizationRequired:
             return "revoked"
+        except AccountSuspended:
+            return "suspended"
         except UpstreamUnavailable:
             return "unavailable"
         except AccountNotFound:

@@ -69,11 +69,13 @@ class Listing:
         reference: str,
         query: ListingQuery,
         client_id: str | None,
+        accepted_scopes: frozenset[str] = frozenset(),
     ) -> None:
         self.service = service
         self.reference = reference
         self.query = query
         self.client_id = client_id
+        self.accepted_scopes = accepted_scopes  # one of them must be granted
         self.progress = Progress()
         self.audit_detail: dict[str, object] = {}  # what a details fetch adds to the audit
         self._token: SecretStr | None = None
@@ -89,8 +91,13 @@ class Listing:
                 force_refresh=False,
                 client_id=self.client_id,
             )
-            self._token = issued.token.access_token
             self._account_id = issued.token.account_id
+            # A grant without a scope that can list is 403 with the link that adds one,
+            # before Gmail is asked (services/scope_upgrades.py).
+            self.service.tokens.scope_upgrades.require_any(
+                issued.token, self.accepted_scopes, self.client_id
+            )
+            self._token = issued.token.access_token
             self._email = issued.token.email
             return await self._page(None)
         except BrokerError as error:
@@ -264,5 +271,13 @@ class ListingService:
             jitter=settings.gmail_backoff_seconds,
         )
 
-    def listing(self, reference: str, query: ListingQuery, client_id: str | None) -> Listing:
-        return Listing(self, reference, query, client_id)
+    def listing(
+        self,
+        reference: str,
+        query: ListingQuery,
+        client_id: str | None,
+        *,
+        accepted_scopes: frozenset[str] = frozenset(),
+    ) -> Listing:
+        """A listing; `accepted_scopes`: the grant must hold one (`scopes.gmail_scopes_for`)."""
+        return Listing(self, reference, query, client_id, accepted_scopes)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -44,6 +45,7 @@ ISSUER = "token-broker"
 AUDIENCE = "token-broker:reauthorize"
 LINK_PARAMETER = "link"
 MAX_LINK_LENGTH = 2048
+MAX_LINK_SCOPES = 20
 Problem = TypeVar("Problem", bound=BrokerError)
 
 
@@ -64,6 +66,7 @@ class LinkClaims:
     login_hint: str | None
     client_id: str | None
     expires_at: int
+    scopes: tuple[str, ...] = ()  # to add (incremental authorization); none: reconnect
 
 
 class ReauthorizationLinks:
@@ -93,13 +96,22 @@ class ReauthorizationLinks:
 
     # ------------------------------------------------------------------ producing
 
-    def url(self, *, account_id: str | None, login_hint: str | None, client_id: str | None) -> str:
-        """A link for the account (None: a first connect, bound to nothing but its client)."""
+    def url(
+        self,
+        *,
+        account_id: str | None,
+        login_hint: str | None,
+        client_id: str | None,
+        scopes: Sequence[str] = (),
+    ) -> str:
+        """A link for the account (None: a first connect, bound to nothing but its client);
+        with `scopes`, one that adds them to the account's grant."""
         claims = LinkClaims(
             account_id=account_id,
             login_hint=login_hint,
             client_id=client_id,
             expires_at=int(time.time()) + self.lifetime_seconds,
+            scopes=tuple(scopes),
         )
         return self._url(claims)
 
@@ -124,6 +136,7 @@ class ReauthorizationLinks:
             "acct": claims.account_id,
             "hint": claims.login_hint,
             "cid": claims.client_id,
+            "scp": list(claims.scopes) or None,
         }
         token = jwt.encode(
             {"alg": "HS256", "kid": self._signing_kid},
@@ -154,11 +167,15 @@ class ReauthorizationLinks:
             value = claims.get(name)
             return value if isinstance(value, str) and value else None
 
+        scopes = claims.get("scp") or []
+        if not isinstance(scopes, list) or len(scopes) > MAX_LINK_SCOPES:
+            raise InvalidLink()
         return LinkClaims(
             account_id=text("acct"),
             login_hint=text("hint"),
             client_id=text("cid"),
             expires_at=int(claims["exp"]),
+            scopes=tuple(scope for scope in scopes if isinstance(scope, str) and scope),
         )
 
     async def open(self, link: str) -> str:
@@ -174,7 +191,7 @@ class ReauthorizationLinks:
             target = ReconnectTarget(account.id, account.subject)
             login_hint = account.email or login_hint
         url = await self.authorizations.start_from_link(
-            client_id=claims.client_id, login_hint=login_hint, target=target
+            client_id=claims.client_id, login_hint=login_hint, target=target, adding=claims.scopes
         )
         log.info(
             "re-authorization link opened",

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -30,6 +30,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from token_broker.errors import (
     AccountNotFound,
+    BrokerError,
     ProviderRejectedClient,
     ReauthorizationRequired,
     UpstreamUnavailable,
@@ -43,8 +44,16 @@ from token_broker.observability.metrics import Metrics
 from token_broker.services.account_states import PROVIDER, AccountStates
 from token_broker.services.audit import Action, AuditBuffer
 from token_broker.services.forced_refresh import ForcedRefreshes
+from token_broker.services.grant_health import (
+    RefusedRefresh,
+    Unusable,
+    Verdict,
+    is_recorded,
+    unusable_problem,
+)
 from token_broker.services.reauthorization import ReauthorizationLinks
 from token_broker.services.refresh_leases import Lease, RefreshLeases
+from token_broker.services.scope_upgrades import ScopeUpgrades
 from token_broker.services.token_cache import CachedToken, TokenCache
 from token_broker.services.webhooks import Webhooks
 from token_broker.settings import Settings
@@ -75,8 +84,18 @@ class IssuedToken:
 
 @dataclass(frozen=True)
 class _DeadGrant:
-    error: str
+    """No token for this account now: a dead grant, a suspension or a session policy."""
+
     email: str | None
+    unusable: Unusable
+
+    @classmethod
+    def of(cls, account: Account, verdict: Verdict | None = None) -> _DeadGrant:
+        if verdict is not None:
+            status = account.status if verdict.ends_grant else "active"
+            return cls(account.email, Unusable(status, verdict.reason, verdict.detail))
+        return cls(account.email, Unusable(account.status, account.status_reason,
+                                           account.status_detail))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -142,7 +161,8 @@ class TokenService:
         self._loading = asyncio.Semaphore(settings.db_pool_size)
         self._cooldown_until: dict[str, float] = {}
         self._scope_sets: dict[str, tuple[str, ...]] = {}
-        self._revoked: dict[str, str | None] = {}  # account id -> email, for the reauth URL
+        self._revoked: dict[str, _DeadGrant] = {}  # not active: why, and the email for links
+        self.scope_upgrades = ScopeUpgrades(links, settings.scopes)
         self.leases = RefreshLeases(
             database,
             changes,
@@ -155,10 +175,18 @@ class TokenService:
     # ------------------------------------------------------------------ public
 
     async def access_token(
-        self, reference: str, *, min_ttl: int, force_refresh: bool, client_id: str | None
+        self,
+        reference: str,
+        *,
+        min_ttl: int,
+        force_refresh: bool,
+        client_id: str | None,
+        scopes: Sequence[str] = (),
     ) -> IssuedToken:
+        """A token for the account; with `scopes`, 403 `scope_not_granted` (and an upgrade
+        link) unless the grant holds every one of them."""
         if not force_refresh:
-            hit = self.from_cache(reference, min_ttl=min_ttl, client_id=client_id)
+            hit = self.from_cache(reference, min_ttl=min_ttl, client_id=client_id, scopes=scopes)
             if hit is not None:
                 return hit
         started = self.clock()
@@ -180,16 +208,23 @@ class TokenService:
             raise
         if force_refresh and self.forced.throttled(issued.token, started):
             issued = IssuedToken(issued.token, Source.FORCE_THROTTLED)
+        self.scope_upgrades.require(issued.token, scopes, client_id)
         self._issued(issued, client_id)
         return issued
 
     def from_cache(
-        self, reference: str, *, min_ttl: int, client_id: str | None
+        self,
+        reference: str,
+        *,
+        min_ttl: int,
+        client_id: str | None,
+        scopes: Sequence[str] = (),
     ) -> IssuedToken | None:
         """The cached token if it has `min_ttl` seconds left: no query, no upstream call."""
         cached = self.cache.get(reference)
         if cached is None or cached.remaining(self.clock()) < min_ttl:
             return None
+        self.scope_upgrades.require(cached, scopes, client_id)
         issued = IssuedToken(cached, Source.CACHE)
         self._issued(issued, client_id)
         return issued
@@ -285,8 +320,8 @@ class TokenService:
             account = await AccountRepository(session).resolve(PROVIDER, reference)
         if account is None:
             raise AccountNotFound()
-        if account.status == AccountStatus.REVOKED:
-            self._revoked[account.id] = account.email
+        if account.status != AccountStatus.ACTIVE:
+            self._revoked[account.id] = _DeadGrant.of(account)
             return account.id, None
         stored = self._from_row(account)
         if stored is not None:
@@ -316,12 +351,9 @@ class TokenService:
             scopes = self._scope_sets[stored] = tuple(stored.split())
         return scopes
 
-    def _reauthorization(self, account_id: str, email: str | None) -> ReauthorizationRequired:
-        return ReauthorizationRequired(
-            authorization_url=self.links.url(
-                account_id=account_id, login_hint=email, client_id=None
-            )
-        )
+    def _reauthorization(self, account_id: str, dead: _DeadGrant) -> BrokerError:
+        link = self.links.url(account_id=account_id, login_hint=dead.email, client_id=None)
+        return unusable_problem(dead.unusable, link)
 
     # ------------------------------------------------------------------ refresh
 
@@ -360,11 +392,15 @@ class TokenService:
             refreshes.labels("session_policy", request.trigger).inc()
             raise
         if isinstance(outcome, _DeadGrant):
-            refreshes.labels("permanent", request.trigger).inc()
             self.webhooks.wake()
-            self.cache.drop(request.account_id)
-            self._revoked[request.account_id] = outcome.email
-            raise self._reauthorization(request.account_id, outcome.email)
+            if outcome.unusable.status == AccountStatus.ACTIVE:
+                # A session policy: the grant stands, the user must sign in again.
+                refreshes.labels("session_policy", request.trigger).inc()
+            else:
+                refreshes.labels("permanent", request.trigger).inc()
+                self.cache.drop(request.account_id)
+                self._revoked[request.account_id] = outcome
+            raise self._reauthorization(request.account_id, outcome)
         if outcome[1] is Source.REFRESHED:
             refreshes.labels("ok", request.trigger).inc()
         self.cache.put(outcome[0])
@@ -390,8 +426,8 @@ class TokenService:
             )
 
     def _already_done(self, account: Account, request: RefreshRequest) -> Outcome | None:
-        if account.status == AccountStatus.REVOKED:
-            return _DeadGrant(account.last_refresh_error or "revoked", account.email)
+        if account.status != AccountStatus.ACTIVE:
+            return _DeadGrant.of(account)
         stored = self._from_row(account)
         if stored is not None and self._good_enough(
             stored, request.started, request.min_ttl, request.force_refresh
@@ -414,13 +450,13 @@ class TokenService:
         try:
             return await retrying(attempt, self.backoff, sleep=self.sleep)
         except OAuthError as error:
-            if error.grant_is_dead:
-                return error
+            if is_recorded(RefusedRefresh(error.error, error.subtype)):
+                return error  # recorded with its reason (services/grant_health.py)
             problem = problem_for(error, "refresh")
             if isinstance(problem, ReauthorizationRequired):
-                problem.authorization_url = self._reauthorization(
-                    account.id, account.email
-                ).authorization_url
+                problem.authorization_url = self.links.url(
+                    account_id=account.id, login_hint=account.email, client_id=None
+                )
             raise problem from None
 
     async def _record(
@@ -433,10 +469,10 @@ class TokenService:
         forced: bool,
     ) -> Outcome:
         if isinstance(result, OAuthError):
-            await self.account_states.mark_revoked(
-                session, account, error=result.error, trigger=trigger
+            verdict = await self.account_states.refused(
+                session, account, RefusedRefresh(result.error, result.subtype), trigger=trigger
             )
-            return _DeadGrant(result.error, account.email)
+            return _DeadGrant.of(account, verdict)
         await self.account_states.record_refresh(
             session, account, result, trigger=trigger, forced=forced
         )

@@ -1,7 +1,9 @@
 """Account notifications: a signed POST to the operator's webhook when an account is
 connected (each successful consent, with the authorization id), turns revoked, or
-active again, and when its mailbox changed (`mailbox.changed`, from Gmail's push or the
-fallback check: `services/mailbox_notices.py`).
+active again; about its grant's health (services/grant_health.py): expiring soon,
+recovered, suspended or unsuspended by Google, asked to sign in again, and the security
+events Google reports that change no status; and when its mailbox changed
+(`mailbox.changed`, from Gmail's push or the fallback check: `services/mailbox_notices.py`).
 
 Events are written to the `webhook_deliveries` outbox in the same transaction as the
 change, then a background dispatcher on every replica leases due rows one at a time
@@ -27,7 +29,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import httpx
@@ -48,11 +50,27 @@ log = logging.getLogger("token_broker.webhooks")
 
 SIGNATURE_HEADER = "Token-Broker-Signature"
 EventType = Literal[
-    "account.connected", "account.revoked", "account.reactivated", "mailbox.changed"
+    "account.connected",
+    "account.revoked",
+    "account.reactivated",
+    "account.recovered",
+    "account.expiring",
+    "account.suspended",
+    "account.unsuspended",
+    "account.signin_required",
+    "account.credential_change_required",
+    "account.sessions_revoked",
+    "mailbox.changed",
 ]
+# Events caused by a connect carry its authorization id (null for a code exchange).
+CONNECT_EVENTS = frozenset({"account.connected", "account.reactivated", "account.recovered"})
 LEASE = timedelta(seconds=60)
 # Trace contexts of queued events, for their delivery spans (bounded: oldest forgotten).
 MAX_REMEMBERED_ORIGINS = 10_000
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return rfc3339(moment) if moment is not None else None
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
@@ -106,13 +124,17 @@ class Webhooks:
         reason: str | None,
         *,
         authorization_id: str | None = None,
+        **extra: Any,
     ) -> None:
-        """Queue a notification inside the caller's transaction (no-op when disabled)."""
-        extra: dict[str, Any] = {"reason": reason}
-        if event_type != "account.revoked":
+        """Queue a notification inside the caller's transaction (no-op when disabled).
+
+        `extra` adds event-specific fields (previous_reason, grant_expires_at, detail).
+        """
+        fields: dict[str, Any] = {"reason": reason, **extra}
+        if event_type in CONNECT_EVENTS:
             # The connect that caused it: null for a code exchange (POST /v1/oauth/exchange).
-            extra["authorization"] = authorization_id
-        await self._queue(session, event_type, account, extra)
+            fields["authorization"] = authorization_id
+        await self._queue(session, event_type, account, fields)
 
     async def mailbox_changed(
         self, session: AsyncSession, account: Account, *, history_id: str, trigger: str
@@ -138,6 +160,9 @@ class Webhooks:
                 "subject": account.subject,
                 "email": account.email,
                 "status": account.status,
+                "status_reason": account.status_reason,
+                "status_changed_at": _iso(account.status_changed_at),
+                "grant_expires_at": _iso(account.grant_expires_at),
             },
             **extra,
         }

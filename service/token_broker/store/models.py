@@ -45,6 +45,9 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 class AccountStatus(StrEnum):
     ACTIVE = "active"
     REVOKED = "revoked"
+    # Google disabled the Google account (Cross-Account Protection): no token is handed out
+    # until it is enabled again; the grant is kept.
+    SUSPENDED = "suspended"
 
 
 _ASCII_UPPER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -85,6 +88,9 @@ class Account(SQLModel, table=True):
             "status",
             sa.func.coalesce(sa.column("last_refreshed_at"), sa.column("created_at")),
         ),
+        # Cross-Account Protection names a revoked refresh token by one of these two.
+        sa.Index("ix_accounts_refresh_token_sha512x2", "refresh_token_sha512x2"),
+        sa.Index("ix_accounts_refresh_token_prefix_sha256", "refresh_token_prefix_sha256"),
     )
 
     REFRESH_TOKEN: ClassVar[SecretColumn] = SecretColumn("accounts", "refresh_token")
@@ -109,6 +115,23 @@ class Account(SQLModel, table=True):
     last_refresh_error: str | None = Field(default=None, max_length=64)
     refresh_lease_id: str | None = Field(default=None, max_length=36)
     refresh_lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Grant health (services/grant_health.py): why the status is what it is, since when,
+    # and what the broker knows of the grant's end.
+    status_reason: str | None = Field(default=None, max_length=40, index=True)
+    status_detail: str | None = Field(default=None, sa_type=sa.Text)
+    status_changed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    granted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # the last consent
+    grant_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    grant_expiry_reason: str | None = Field(default=None, max_length=40)
+    expiring_notified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Refresh tokens Google issued for this subject after the stored one, which the broker
+    # did not keep (a consent that failed a check): Google keeps the newest 100 per account
+    # and client, so past 100 the stored one is gone (reason token_limit).
+    newer_refresh_tokens: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Google's identifiers of the stored refresh token (base64 SHA-512 of its SHA-512; the
+    # SHA-256 hex of its first 16 characters), never the token: how token-revoked finds it.
+    refresh_token_sha512x2: str | None = Field(default=None, max_length=100)
+    refresh_token_prefix_sha256: str | None = Field(default=None, max_length=64)
 
     @property
     def scope_list(self) -> list[str]:
@@ -161,6 +184,9 @@ class OAuthState(SQLModel, table=True):
     subject: str | None = Field(default=None, max_length=255)
     login_hint: str | None = Field(default=None, max_length=320)
     scopes: str = Field(sa_type=sa.Text)
+    # Scopes the flow must end with (incremental authorization: the ones it adds); None:
+    # TOKEN_BROKER_REQUIRED_SCOPES.
+    required_scopes: str | None = Field(default=None, sa_type=sa.Text)
     return_to: str | None = Field(default=None, sa_type=sa.Text)
     client_id: str | None = Field(default=None, max_length=36)
     created_at: datetime = Field(sa_type=UTCDateTime)
@@ -287,3 +313,21 @@ class GmailPushReceipt(SQLModel, table=True):
     message_id: str = Field(primary_key=True, max_length=100)
     token_hash: str = Field(max_length=64)
     received_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+class RiscEvent(SQLModel, table=True):
+    """A security event token received from Google (Cross-Account Protection), by its `jti`.
+
+    The primary key refuses a replayed token; rows older than the accepted age of a token
+    (TOKEN_BROKER_RISC_MAX_AGE_SECONDS) are purged, since such tokens are refused anyway.
+    Recent rows tell refresh failures their likely cause (services/grant_health.py).
+    """
+
+    __tablename__ = "risc_events"
+
+    jti: str = Field(primary_key=True, max_length=255)
+    issued_at: datetime = Field(sa_type=UTCDateTime)
+    received_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    event_types: str = Field(sa_type=sa.Text)  # short names, space-separated
+    account_id: str | None = Field(default=None, max_length=36, index=True)
+    outcome: str = Field(max_length=64)

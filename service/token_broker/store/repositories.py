@@ -19,6 +19,7 @@ from token_broker.store.models import (
     Authorization,
     OAuthState,
     Replica,
+    RiscEvent,
     UTCDateTime,
     WebhookDelivery,
     normalize_email,
@@ -164,12 +165,15 @@ class AccountRepository:
         status: str | None,
         after: tuple[datetime, str] | None,
         limit: int,
+        reason: str | None = None,
     ) -> Sequence[Account]:
         statement = select(Account)
         if email is not None:
             statement = statement.where(Account.email == normalize_email(email))
         if status is not None:
             statement = statement.where(Account.status == status)
+        if reason is not None:
+            statement = statement.where(Account.status_reason == reason)
         if after is not None:
             # A row comparison, which both databases answer from the (created_at, id)
             # index: every page costs the same, however deep into the walk.
@@ -199,6 +203,94 @@ class AccountRepository:
             select(Account.status, sa.func.count()).group_by(Account.status)
         )
         return {status: int(count) for status, count in result.all()}
+
+    async def count_by_status_and_reason(self) -> dict[tuple[str, str | None], int]:
+        result = await self.session.exec(
+            select(Account.status, Account.status_reason, sa.func.count()).group_by(
+                col(Account.status), col(Account.status_reason)
+            )
+        )
+        return {(status, reason): int(count) for status, reason, count in result.all()}
+
+    async def needing_attention(
+        self, *, status: str | None, reason: str | None, limit: int
+    ) -> Sequence[Account]:
+        """Revoked and suspended accounts first (latest change first), then active ones with
+        a reason (asked to sign in), then by the grant's end, soonest first."""
+        rank = sa.case(
+            (col(Account.status) != "active", 0),
+            (col(Account.status_reason).is_not(None), 1),
+            else_=2,
+        )
+        statement = select(Account)
+        if status is not None:
+            statement = statement.where(Account.status == status)
+        if reason is not None:
+            statement = statement.where(Account.status_reason == reason)
+        ending = sa.case((rank == 2, col(Account.grant_expires_at)))
+        statement = statement.order_by(
+            rank,
+            ending.is_(None),
+            ending,
+            col(Account.status_changed_at).desc(),
+            col(Account.created_at),
+        ).limit(limit)
+        return (await self.session.exec(statement)).all()
+
+    async def expiring(self, before: datetime, limit: int) -> Sequence[Account]:
+        """Active accounts whose grant ends before `before` and whose users were not yet told."""
+        result = await self.session.exec(
+            select(Account)
+            .where(
+                Account.status == "active",
+                col(Account.grant_expires_at) < before,
+                col(Account.expiring_notified_at).is_(None),
+            )
+            .order_by(col(Account.grant_expires_at))
+            .limit(limit)
+        )
+        return result.all()
+
+    async def count_expiring(self, before: datetime) -> int:
+        result = await self.session.exec(
+            select(sa.func.count()).where(
+                Account.status == "active", col(Account.grant_expires_at) < before
+            )
+        )
+        return int(result.one())
+
+    async def claim_expiry_notice(self, account_id: str, now: datetime) -> bool:
+        """Mark the account's expiry noticed; False if someone else already had (one UPDATE,
+        so two replicas racing cannot both send the notice)."""
+        connection = await self.session.connection()
+        result = await connection.execute(
+            sa.update(Account)
+            .where(col(Account.id) == account_id, col(Account.expiring_notified_at).is_(None))
+            .values(expiring_notified_at=now)
+        )
+        return bool(result.rowcount)
+
+    async def by_refresh_token_identifier(
+        self, *, sha512x2: str | None = None, prefix_sha256: str | None = None
+    ) -> Sequence[Account]:
+        """Accounts holding the refresh token Google names by either of its identifiers."""
+        statement = select(Account)
+        if sha512x2 is not None:
+            statement = statement.where(Account.refresh_token_sha512x2 == sha512x2)
+        elif prefix_sha256 is not None:
+            statement = statement.where(Account.refresh_token_prefix_sha256 == prefix_sha256)
+        else:
+            return []
+        return (await self.session.exec(statement.limit(MAX_SUBJECTS_LISTED))).all()
+
+    async def count_newer_refresh_token(self, provider: str, subject: str) -> None:
+        """Google issued a refresh token for this subject that the broker did not keep."""
+        connection = await self.session.connection()
+        await connection.execute(
+            sa.update(Account)
+            .where(col(Account.provider) == provider, col(Account.subject) == subject)
+            .values(newer_refresh_tokens=col(Account.newer_refresh_tokens) + 1)
+        )
 
     async def sealed_after(
         self, account_id: str, limit: int
@@ -336,6 +428,36 @@ class AuthorizationRepository:
         connection = await self.session.connection()
         result = await connection.execute(
             sa.delete(Authorization).where(col(Authorization.created_at) < before)
+        )
+        return int(result.rowcount or 0)
+
+
+class RiscEventRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, event: RiscEvent) -> None:
+        """Record a received security event; IntegrityError if its `jti` was seen (a replay)."""
+        self.session.add(event)
+        await self.session.flush()
+
+    async def save(self, event: RiscEvent) -> None:
+        self.session.add(event)
+        await self.session.flush()
+
+    async def of_account(self, account_id: str, *, since: datetime) -> Sequence[RiscEvent]:
+        result = await self.session.exec(
+            select(RiscEvent)
+            .where(RiscEvent.account_id == account_id, col(RiscEvent.issued_at) >= since)
+            .order_by(col(RiscEvent.issued_at).desc())
+            .limit(20)
+        )
+        return result.all()
+
+    async def purge_received_before(self, before: datetime) -> int:
+        connection = await self.session.connection()
+        result = await connection.execute(
+            sa.delete(RiscEvent).where(col(RiscEvent.received_at) < before)
         )
         return int(result.rowcount or 0)
 

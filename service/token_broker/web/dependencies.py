@@ -20,6 +20,7 @@ from token_broker.services.listing import ListingService
 from token_broker.services.mailbox_changes import ChangesService
 from token_broker.services.readiness import Readiness
 from token_broker.services.reauthorization import ReauthorizationLinks
+from token_broker.services.risc import RiscReceiver
 from token_broker.services.tokens import TokenService
 from token_broker.web.token_bodies import TokenBodies
 
@@ -37,6 +38,7 @@ class WebState:
     listing: ListingService
     details: MessageDetailsService
     readiness: Readiness
+    risc: RiscReceiver
     metrics: Metrics
     token_bodies: TokenBodies
     default_min_ttl: int

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from token_broker.services.grant_health import StatusReason
 from token_broker.store.models import Account as AccountRow
 from token_broker.store.models import AccountStatus
 
@@ -44,6 +45,22 @@ class Problem(BaseModel):
     history_id: str | None = Field(
         default=None, description="`cursor_expired`: the Gmail history id `cursor` starts at."
     )
+    missing_scopes: list[str] | None = Field(
+        default=None, description="`scope_not_granted`: the scopes the grant lacks."
+    )
+    status_reason: str | None = Field(
+        default=None,
+        description="`reauthorization_required`, `account_suspended`: why (README, "
+        '"Grant health").',
+    )
+    status_detail: str | None = Field(
+        default=None, description="What Google answered and what the broker knew."
+    )
+    err: str | None = Field(
+        default=None,
+        description="`invalid_security_event`: RFC 8935's error code (invalid_request, "
+        "invalid_key, invalid_issuer, invalid_audience, authentication_failed).",
+    )
     errors: list[dict[str, Any]] | None = Field(
         default=None, description="Validation errors: location and message."
     )
@@ -68,8 +85,26 @@ class Account(BaseModel):
         description="Whether the provider said the email is verified. Only verified "
         "addresses reach an account as `{account}`; others reach it by subject only."
     )
-    status: Literal["active", "revoked"]
-    scopes: list[str]
+    status: Literal["active", "revoked", "suspended"] = Field(
+        description="active; revoked (the grant ended: the user must connect again); "
+        "suspended (Google disabled the Google account; lifted when Google enables it)."
+    )
+    status_reason: StatusReason | None = Field(
+        description='Why the status is what it is (README, "Grant health"); on an active '
+        "account only session_policy (the user must sign in again)."
+    )
+    status_detail: str | None = Field(
+        description="What Google answered and what the broker knew when it decided the reason."
+    )
+    status_changed_at: datetime | None = Field(
+        description="When the status (or its reason) last changed."
+    )
+    scopes: list[str] = Field(description="The scopes Google granted, in Google's spelling.")
+    granted_at: datetime | None = Field(description="The last consent.")
+    grant_expires_at: datetime | None = Field(
+        description="When the grant ends, when that is known: 7 days after consent for an "
+        "app in testing status, or the end of time-based access."
+    )
     created_at: datetime
     updated_at: datetime
     last_refreshed_at: datetime | None
@@ -83,7 +118,12 @@ class Account(BaseModel):
             email=account.email,
             email_verified=account.email_verified,
             status=AccountStatus(account.status).value,
+            status_reason=StatusReason(account.status_reason) if account.status_reason else None,
+            status_detail=account.status_detail,
+            status_changed_at=account.status_changed_at,
             scopes=account.scope_list,
+            granted_at=account.granted_at,
+            grant_expires_at=account.grant_expires_at,
             created_at=account.created_at,
             updated_at=account.updated_at,
             last_refreshed_at=account.last_refreshed_at,
@@ -112,6 +152,24 @@ class AuthorizationRequest(BaseModel):
         max_length=20,
         description="Scopes to request, from TOKEN_BROKER_SCOPES; default: all of them. "
         "The required scopes are always added.",
+    )
+    return_to: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Where the callback sends the browser afterwards; must match "
+        "TOKEN_BROKER_RETURN_TO_ALLOWLIST.",
+    )
+
+
+class ScopesRequest(BaseModel):
+    """Incremental authorization: scopes to add to a connected account."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scopes: list[Scope] = Field(
+        min_length=1,
+        max_length=20,
+        description="Scopes to add, from TOKEN_BROKER_SCOPES. The account keeps those it has.",
     )
     return_to: str | None = Field(
         default=None,

@@ -73,6 +73,7 @@ class TokenFastPath:
         key: str | None,
         min_ttl: int,
         force_refresh: bool,
+        scopes: tuple[str, ...],
         *,
         source: str | None,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -80,7 +81,11 @@ class TokenFastPath:
             caller = await state.authenticator.authenticate(key, source=source)
             caller.require(Permission.TOKENS_READ)
             issued = await state.tokens.access_token(
-                reference, min_ttl=min_ttl, force_refresh=force_refresh, client_id=caller.client_id
+                reference,
+                min_ttl=min_ttl,
+                force_refresh=force_refresh,
+                client_id=caller.client_id,
+                scopes=scopes,
             )
         except Exception as error:
             mapped = as_broker_error(error)
@@ -92,14 +97,18 @@ class TokenFastPath:
         return 200, [*_OK_HEADERS, (b"content-length", str(len(body)).encode())], body
 
     @staticmethod
-    def _understood(scope: Scope) -> tuple[WebState, str | None, int, bool] | None:
+    def _understood(
+        scope: Scope,
+    ) -> tuple[WebState, str | None, int, bool, tuple[str, ...]] | None:
         state: WebState | None = getattr(scope["app"].state, "web", None)
         if state is None:
             return None
         query = _DEFAULT_QUERY
         if scope["query_string"]:
             try:
-                query = AccessTokenQuery.model_validate(dict(QueryParams(scope["query_string"])))
+                query = AccessTokenQuery.from_pairs(
+                    QueryParams(scope["query_string"]).multi_items()
+                )
             except ValidationError:
                 return None  # the route answers it: 422 validation_failed
         key = None
@@ -109,4 +118,4 @@ class TokenFastPath:
                 key = credentials if scheme.lower() == "bearer" and credentials else None
                 break
         min_ttl = state.default_min_ttl if query.min_ttl is None else query.min_ttl
-        return state, key, min_ttl, query.force_refresh
+        return state, key, min_ttl, query.force_refresh, tuple(query.scope)

@@ -320,9 +320,22 @@ class NoRefreshToken(BrokerProblem):
 
 
 class ReauthorizationRequired(BrokerProblem):
-    """The account's grant is dead (revoked, expired): send the user to `authorization_url`."""
+    """The account's grant is dead (revoked, expired): send the user to `authorization_url`.
+
+    `status_reason` says why (the broker README's "Grant health"); `status_detail` what
+    Google answered and what the broker knew."""
 
     code = "reauthorization_required"
+
+    @property
+    def status_reason(self) -> str | None:
+        value = self.problem.get("status_reason")
+        return value if isinstance(value, str) else None
+
+    @property
+    def status_detail(self) -> str | None:
+        value = self.problem.get("status_detail")
+        return value if isinstance(value, str) else None
 
 
 class AccountMismatch(BrokerProblem):
@@ -331,6 +344,29 @@ class AccountMismatch(BrokerProblem):
     `authorization_url` lets the right person try again."""
 
     code = "account_mismatch"
+
+
+class AccountSuspended(BrokerProblem):
+    """Google disabled the Google account (`status_reason` says how); the grant is kept and
+    serves again when Google enables the account."""
+
+    code = "account_suspended"
+
+    @property
+    def status_reason(self) -> str | None:
+        value = self.problem.get("status_reason")
+        return value if isinstance(value, str) else None
+
+
+class InvalidSecurityEvent(BrokerProblem):
+    """`POST /v1/risc`: a security event token the broker does not trust (`err`, RFC 8935)."""
+
+    code = "invalid_security_event"
+
+    @property
+    def err(self) -> str | None:
+        value = self.problem.get("err")
+        return value if isinstance(value, str) else None
 
 
 class IssuerMismatch(BrokerProblem):

@@ -13,11 +13,14 @@ from pydantic import StringConstraints
 
 from token_broker.errors import (
     AccountNotFound,
+    AccountSuspended,
     InternalError,
     KeyUnavailable,
     MessageNotFound,
     ProviderRejectedClient,
     ReauthorizationRequired,
+    ScopeNotAllowed,
+    ScopeNotGranted,
     TooManyForJson,
     UpstreamError,
     UpstreamRateLimited,
@@ -25,6 +28,7 @@ from token_broker.errors import (
     caller_problems,
 )
 from token_broker.google.gmail import MessagePage
+from token_broker.scopes import gmail_scopes_for
 from token_broker.services.details import AccountCalls, DetailsFetch, DetailsQuery
 from token_broker.services.listing import Listing
 from token_broker.web.dependencies import MessagesReader, State
@@ -74,7 +78,10 @@ MessageId = Annotated[
         *caller_problems(),
         AccountNotFound,
         MessageNotFound,
+        ScopeNotAllowed,
+        ScopeNotGranted,
         ReauthorizationRequired,
+        AccountSuspended,
         UpstreamRateLimited,
         ProviderRejectedClient,
         UpstreamError,
@@ -94,7 +101,11 @@ async def get_message(
     metadata_headers: MetadataHeadersParam = [],  # noqa: B006  (FastAPI copies defaults)
 ) -> Response:
     message = await state.details.one(
-        account, message_id, DetailsQuery(message_format, metadata_headers), caller.client_id
+        account,
+        message_id,
+        DetailsQuery(message_format, metadata_headers),
+        caller.client_id,
+        accepted_scopes=gmail_scopes_for(query=None, message_format=message_format),
     )
     return JSONResponse(message, headers={"Cache-Control": "no-store"})
 

@@ -13,11 +13,14 @@ from pydantic import StringConstraints
 
 from token_broker.errors import (
     AccountNotFound,
+    AccountSuspended,
     AmbiguousAccount,
     InternalError,
     KeyUnavailable,
     ProviderRejectedClient,
     ReauthorizationRequired,
+    ScopeNotAllowed,
+    ScopeNotGranted,
     TooManyForJson,
     UnknownLabel,
     UpstreamError,
@@ -26,6 +29,7 @@ from token_broker.errors import (
     caller_problems,
 )
 from token_broker.google.gmail import MessagePage
+from token_broker.scopes import gmail_scopes_for
 from token_broker.services.details import DetailsQuery
 from token_broker.services.listing import Listing, ListingQuery
 from token_broker.web.dependencies import MessagesReader, State
@@ -68,7 +72,10 @@ _NDJSON_DOC = (
             AccountNotFound,
             UnknownLabel,
             AmbiguousAccount,
+            ScopeNotAllowed,
+            ScopeNotGranted,
             ReauthorizationRequired,
+            AccountSuspended,
             TooManyForJson,
             UpstreamRateLimited,
             ProviderRejectedClient,
@@ -103,6 +110,7 @@ async def list_messages(
         account,
         ListingQuery(q=q, label_ids=label_ids, include_spam_trash=include_spam_trash, limit=limit),
         caller.client_id,
+        accepted_scopes=gmail_scopes_for(query=q, message_format=message_format),
     )
     first = await listing.first_page()
     if message_format is not None:
