@@ -41,6 +41,11 @@ def wait_until(predicate: Callable[[], Any], *, within: float, what: str) -> Any
 APP_RETURN_TO = "https://app.example/connected"
 # The most ids a JSON listing holds (200,000 by default): low enough to reach cheaply.
 JSON_LISTING_MAX_MESSAGES = 2_000
+# Scopes the dev broker may ask for, and the one a connect needs: gmail.metadata alone lets
+# an account connect that lacks gmail.readonly, so a scope upgrade can add it.
+GMAIL = "https://www.googleapis.com/auth/gmail."
+READONLY, METADATA = GMAIL + "readonly", GMAIL + "metadata"
+DEV_SCOPES = ("openid", "email", "profile", READONLY, METADATA)
 
 
 class DevBroker:
@@ -56,7 +61,9 @@ class DevBroker:
              "--data-dir", str(data_dir)],
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                  "TOKEN_BROKER_RETURN_TO_ALLOWLIST": APP_RETURN_TO,
-                 "TOKEN_BROKER_JSON_LISTING_MAX_MESSAGES": str(JSON_LISTING_MAX_MESSAGES)},
+                 "TOKEN_BROKER_JSON_LISTING_MAX_MESSAGES": str(JSON_LISTING_MAX_MESSAGES),
+                 "TOKEN_BROKER_SCOPES": " ".join(DEV_SCOPES),
+                 "TOKEN_BROKER_REQUIRED_SCOPES": METADATA},
             stdout=self._stdout.open("w"),
             stderr=(ARTIFACTS / f"dev-client-{port}.log").open("w"),
             cwd=data_dir.parent,

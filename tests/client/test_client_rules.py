@@ -15,6 +15,7 @@ import token_broker_client as client_module
 from tests.client.broker_stub import BROKER, FAST, ndjson, problem
 from token_broker_client import (
     AccountNotFound,
+    AccountSuspended,
     BrokerClient,
     BrokerProblem,
     BrokerUnreachable,
@@ -213,17 +214,25 @@ async def test_the_token_cache_respects_min_ttl_and_expiry(broker_api: respx.Moc
     assert route.call_count == 4
 
 
-async def test_a_dead_grant_empties_the_cache_entry(broker_api: respx.MockRouter) -> None:
+@pytest.mark.parametrize(
+    ("code", "raised"),
+    [
+        ("reauthorization_required", ReauthorizationRequired),
+        ("account_suspended", AccountSuspended),
+    ],
+)
+async def test_a_dead_grant_empties_the_cache_entry(
+    broker_api: respx.MockRouter, code: str, raised: type[BrokerProblem]
+) -> None:
     route = broker_api.get(TOKEN_PATH).mock(
-        side_effect=[token_answer(), problem("reauthorization_required", 409,
-                                             authorization_url="https://a.example/auth"),
-                     problem("reauthorization_required", 409, authorization_url="https://a.example/auth")]
+        side_effect=[token_answer(), problem(code, 409, authorization_url="https://a.example/auth"),
+                     problem(code, 409, authorization_url="https://a.example/auth")]
     )  # fmt: skip
     async with BrokerClient(BROKER, "tbk_test") as broker:
         await broker.access_token("alice@example.com")
-        with pytest.raises(ReauthorizationRequired):
+        with pytest.raises(raised):
             await broker.access_token("alice@example.com", force_refresh=True)
-        with pytest.raises(ReauthorizationRequired):
+        with pytest.raises(raised):
             await broker.access_token("alice@example.com")
     assert route.call_count == 3
 

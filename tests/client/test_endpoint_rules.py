@@ -1,18 +1,24 @@
 """The newer endpoints' rules, pinned with respx: authorization outcomes, message details,
-single messages, mailbox changes (and following a cursor), and what each problem carries."""
+single messages, mailbox changes (and following a cursor), what each problem carries, and
+grant health (scoped tokens and the cache, account health, scope upgrades)."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 import respx
+from google.auth.credentials import with_scopes_if_required
+from google.auth.exceptions import RefreshError
 
 from tests.client.broker_stub import BROKER, FAST, ndjson, problem
+from tests.support.hygiene import register_secret
 from token_broker_client import (
     AccessDenied,
+    Account,
     AmbiguousAccount,
     AuthorizationNotFound,
     BrokerClient,
@@ -25,11 +31,13 @@ from token_broker_client import (
     IncompleteStream,
     MessageNotFound,
     NotFetched,
+    ScopeNotGranted,
     SyncBrokerClient,
     TooManyForJson,
     UpstreamUnavailable,
     problem_class,
 )
+from token_broker_client.google import BrokerCredentials
 
 ALICE = "/v1/accounts/alice@example.com"
 OUTCOME = {"id": "5f0c2a0e-1b7e-4c55-9a43-2f1d1c0e8a11", "created_at": "2026-11-21T06:30:00Z",
@@ -433,3 +441,159 @@ def test_ambiguous_account_names_the_subjects_to_use(broker_api: respx.MockRoute
     with SyncBrokerClient(BROKER, "tbk_test") as broker, pytest.raises(AmbiguousAccount) as raised:
         broker.get_message("alice@example.com", "m0")
     assert raised.value.subjects == ["1098", "2044"]
+
+
+# Grant health: scoped tokens, account health, scope upgrades.
+SCOPE = "https://www.googleapis.com/auth/"
+READONLY, LABELS = SCOPE + "gmail.readonly", SCOPE + "gmail.labels"
+GRANTED = ["openid", SCOPE + "userinfo.email", READONLY]  # in Google's spelling
+
+
+def token(value: str, scopes: list[str]) -> httpx.Response:
+    return httpx.Response(200, json={
+        "access_token": value, "token_type": "Bearer", "expires_at": "2030-01-01T00:00:00Z",
+        "expires_in": 3599, "scopes": scopes})  # fmt: skip
+
+
+async def test_a_cached_token_serves_a_scoped_request_only_if_the_broker_would(
+    broker_api: respx.MockRouter,
+) -> None:
+    link = "http://broker.test/v1/oauth/reauthorize?link=abc"
+    route = broker_api.get(f"{ALICE}/access-token").mock(side_effect=[
+        token("ya29.granted", GRANTED),
+        problem("scope_not_granted", 403, missing_scopes=[LABELS], authorization_url=link),
+        token("ya29.upgraded", [*GRANTED, LABELS]),
+    ])  # fmt: skip
+    async with BrokerClient(BROKER, "tbk_test", retry=FAST) as broker:
+        first = await broker.access_token("alice@example.com")
+        # Held scopes, in either spelling (`email` is userinfo.email): the cached token.
+        for scopes in ([READONLY], ["email", READONLY], [SCOPE + "userinfo.email"]):
+            cached = await broker.access_token("alice@example.com", scopes=scopes)
+            assert cached.access_token == first.access_token
+        assert route.call_count == 1
+        # One it lacks: the broker decides, and refuses with the link that adds it.
+        with pytest.raises(ScopeNotGranted) as refused:
+            await broker.access_token("alice@example.com", scopes=[READONLY, LABELS])
+        assert refused.value.missing_scopes == [LABELS]
+        assert refused.value.authorization_url == link
+        assert route.call_count == 2  # refused, not retried
+        # The cached token still serves what it holds.
+        kept = await broker.access_token("alice@example.com", scopes=["email"])
+        assert kept.access_token == "ya29.granted"
+        # After the upgrade the broker's token holds it, and is cached in its place.
+        upgraded = await broker.access_token("alice@example.com", scopes=[LABELS])
+        assert upgraded.access_token == "ya29.upgraded"
+        again = await broker.access_token("alice@example.com", scopes=[LABELS, "email"])
+        assert again.access_token == "ya29.upgraded"
+        with pytest.raises(TypeError, match="list of strings"):
+            await broker.access_token("alice@example.com", scopes=LABELS)
+    assert route.call_count == 3
+    assert [call.request.url.params.multi_items() for call in route.calls] == [
+        [("min_ttl", "300")],
+        [("min_ttl", "300"), ("scope", READONLY), ("scope", LABELS)],
+        [("min_ttl", "300"), ("scope", LABELS)],
+    ]
+
+
+ACCOUNT = {"id": "acc-1", "subject": "1098", "email": "alice@example.com",
+           "email_verified": True, "status": "revoked", "status_reason": "expired_testing",
+           "status_detail": "Google answered invalid_grant; this grant was due to end.",
+           "status_changed_at": "2026-12-08T09:14:03Z", "scopes": GRANTED,
+           "granted_at": "2026-12-01T09:14:02Z", "grant_expires_at": "2026-12-08T09:14:02Z",
+           "created_at": "2026-12-01T09:14:02Z", "updated_at": "2026-12-08T09:14:03Z",
+           "last_refreshed_at": None, "access_token_expires_at": None}  # fmt: skip
+
+
+def test_accounts_carry_their_health_and_list_by_status_and_reason(
+    broker_api: respx.MockRouter,
+) -> None:
+    route = broker_api.get("/v1/accounts").mock(side_effect=[
+        httpx.Response(200, json={"items": [ACCOUNT], "next_cursor": "p2"}),
+        httpx.Response(200, json={"items": [{**ACCOUNT, "id": "acc-2"}], "next_cursor": None}),
+    ])  # fmt: skip
+    with SyncBrokerClient(BROKER, "tbk_test") as broker:
+        accounts = list(
+            broker.iter_accounts(status="revoked", reason="expired_testing", page_size=1)
+        )
+    assert [account.id for account in accounts] == ["acc-1", "acc-2"]
+    account = accounts[0]
+    assert (account.status, account.status_reason) == ("revoked", "expired_testing")
+    assert account.status_detail == ACCOUNT["status_detail"]
+    assert account.email_verified is True
+    assert account.status_changed_at == datetime(2026, 12, 8, 9, 14, 3, tzinfo=UTC)
+    assert account.granted_at == datetime(2026, 12, 1, 9, 14, 2, tzinfo=UTC)
+    assert account.grant_expires_at == datetime(2026, 12, 8, 9, 14, 2, tzinfo=UTC)
+    assert account.scopes == tuple(GRANTED)
+    filters = [("status", "revoked"), ("reason", "expired_testing")]
+    assert [call.request.url.params.multi_items() for call in route.calls] == [
+        [*filters, ("limit", "1")],
+        [*filters, ("cursor", "p2"), ("limit", "1")],
+    ]
+    # A broker older than grant health: the new fields are None (or False), not an error.
+    older = {k: v for k, v in ACCOUNT.items() if k not in {
+        "email_verified", "status_reason", "status_detail", "status_changed_at", "granted_at",
+        "grant_expires_at"}}  # fmt: skip
+    parsed = Account.from_json({**older, "status": "active"})
+    assert (parsed.status_reason, parsed.grant_expires_at, parsed.email_verified) == (
+        None, None, False
+    )  # fmt: skip
+
+
+async def test_a_scope_upgrade_starts_an_authorization_for_the_account(
+    broker_api: respx.MockRouter,
+) -> None:
+    started = {"id": OUTCOME["id"], "authorization_url": "https://accounts.example/auth?state=s",
+               "state": "s", "expires_at": "2026-11-21T06:40:00Z"}  # fmt: skip
+    route = broker_api.post(f"{ALICE}/authorizations").mock(side_effect=[
+        httpx.Response(201, json=started),
+        problem("database_unavailable", 503, retry_after=1),
+    ])  # fmt: skip
+    async with BrokerClient(BROKER, "tbk_test", retry=FAST) as broker:
+        upgrade = await broker.add_scopes(
+            "alice@example.com", [LABELS], return_to="https://app.example/connected"
+        )
+        assert (upgrade.id, upgrade.authorization_url) == (
+            started["id"],
+            started["authorization_url"],
+        )
+        # Each call starts a flow of its own: a failure is not repeated blindly.
+        with pytest.raises(BrokerProblem):
+            await broker.add_scopes("alice@example.com", [LABELS])
+        with pytest.raises(ValueError, match="at least one scope"):
+            await broker.add_scopes("alice@example.com", [])
+        with pytest.raises(TypeError, match="list of strings"):
+            await broker.add_scopes("alice@example.com", LABELS)
+        with pytest.raises(TypeError, match="list of strings"):
+            await broker.start_authorization(scopes="email")
+    assert route.call_count == 2
+    assert [json.loads(call.request.content) for call in route.calls] == [
+        {"scopes": [LABELS], "return_to": "https://app.example/connected"},
+        {"scopes": [LABELS]},
+    ]
+
+
+def test_broker_credentials_ask_for_their_scopes_and_keep_them_through_client_libraries(
+    broker_api: respx.MockRouter,
+) -> None:
+    link = "http://broker.test/v1/oauth/reauthorize?link=abc"
+    route = broker_api.get(f"{ALICE}/access-token").mock(side_effect=[
+        token("ya29.granted", GRANTED),
+        problem("scope_not_granted", 403, missing_scopes=[LABELS], authorization_url=link),
+    ])  # fmt: skip
+    with SyncBrokerClient(BROKER, "tbk_test") as broker:
+        plain = BrokerCredentials(broker, "alice@example.com", scopes=["email", READONLY])
+        # googleapiclient's build asks every scope of the API: not required, so kept as given.
+        assert with_scopes_if_required(plain, ["https://mail.google.com/"]) is plain
+        assert plain.has_scopes([SCOPE + "userinfo.email"])
+        plain.refresh(None)
+        assert register_secret(plain.token) == "ya29.granted"
+        labels = plain.with_scopes([LABELS])
+        assert (labels.account, labels.scopes) == ("alice@example.com", [LABELS])
+        with pytest.raises(ScopeNotGranted) as refused:
+            labels.refresh(None)
+        assert isinstance(refused.value, RefreshError)
+        assert refused.value.authorization_url == link
+        assert refused.value.missing_scopes == [LABELS]
+    assert [call.request.url.params.get_list("scope") for call in route.calls] == [
+        ["email", READONLY], [LABELS]
+    ]  # fmt: skip

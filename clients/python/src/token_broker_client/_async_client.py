@@ -98,22 +98,31 @@ class BrokerClient:
     # Tokens
 
     async def access_token(
-        self, account: str, *, min_ttl: int | None = None, force_refresh: bool = False
+        self,
+        account: str,
+        *,
+        min_ttl: int | None = None,
+        force_refresh: bool = False,
+        scopes: Sequence[str] = (),
     ) -> AccessToken:
         """A Google access token for `account` (subject id or email) with `min_ttl` seconds left.
 
         Served from the client's cache while a cached token has that long left;
-        otherwise the broker's (which refreshes once per expiry, fleet-wide).
+        otherwise the broker's (which refreshes once per expiry, fleet-wide). With
+        `scopes`, the account's grant must hold each (`email` is `userinfo.email`, as
+        Google has it), else `ScopeNotGranted`, whose `authorization_url` adds them.
         """
         min_ttl = self._settings.default_min_ttl if min_ttl is None else min_ttl
-        cached = self._settings.cached(account, min_ttl, force_refresh)
+        # Built first, so a malformed argument fails on a cache hit too.
+        call = calls.access_token(
+            account, min_ttl=min_ttl, force_refresh=force_refresh, scopes=scopes
+        )
+        cached = self._settings.cached(account, min_ttl, force_refresh, scopes)
         if cached is not None:
             return cached
         requested_at = self._settings.clock()
         try:
-            token = await self._call(
-                calls.access_token(account, min_ttl=min_ttl, force_refresh=force_refresh)
-            )
+            token = await self._call(call)
         except BrokerError as error:
             self._settings.forget_on(account, error)
             raise
@@ -289,22 +298,32 @@ class BrokerClient:
         *,
         email: str | None = None,
         status: str | None = None,
+        reason: str | None = None,
         cursor: str | None = None,
         limit: int | None = None,
     ) -> AccountPage:
-        """One page of accounts; pass `next_cursor` back as `cursor` for the next."""
+        """One page of accounts; pass `next_cursor` back as `cursor` for the next (with the
+        same filters). `status`: `active`, `revoked` or `suspended`; `reason`: a
+        `status_reason` (`expired_testing`, `revoked_by_user`, ...)."""
         return await self._call(
-            calls.list_accounts(email=email, status=status, cursor=cursor, limit=limit)
+            calls.list_accounts(
+                email=email, status=status, reason=reason, cursor=cursor, limit=limit
+            )
         )
 
     async def iter_accounts(
-        self, *, email: str | None = None, status: str | None = None, page_size: int = 100
+        self,
+        *,
+        email: str | None = None,
+        status: str | None = None,
+        reason: str | None = None,
+        page_size: int = 100,
     ) -> AsyncIterator[Account]:
-        """Every account, page after page."""
+        """Every account (with that `status` and `status_reason`, if given), page after page."""
         cursor: str | None = None
         while True:
             page = await self.list_accounts(
-                email=email, status=status, cursor=cursor, limit=page_size
+                email=email, status=status, reason=reason, cursor=cursor, limit=page_size
             )
             for account in page.items:
                 yield account
@@ -318,6 +337,15 @@ class BrokerClient:
             return await self._call(calls.delete_account(account))
         finally:
             self._settings.forget(account)
+
+    async def add_scopes(
+        self, account: str, scopes: Sequence[str], *, return_to: str | None = None
+    ) -> Authorization:
+        """Start adding `scopes` to a connected account (incremental authorization): send
+        its user to `authorization_url`, confirm with `get_authorization(id)`. Completed,
+        the same account holds them too; as another Google account, or with one unticked,
+        nothing is stored (`account_mismatch`, `scope_not_granted` in the outcome)."""
+        return await self._call(calls.add_scopes(account, scopes, return_to=return_to))
 
     # Connecting accounts
 

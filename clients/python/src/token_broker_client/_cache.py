@@ -1,8 +1,11 @@
-"""The client-side token cache: a token is reused while it has `min_ttl` seconds left.
+"""The client-side token cache: a token is reused while it has `min_ttl` seconds left,
+and for a request naming scopes only while it holds each of them.
 
 Expiry is counted on this process's monotonic clock from the moment the request
 was sent, so neither a slow answer nor a wrong wall clock makes a token look
 fresher than it is; a token is never served past its expiry, whatever `min_ttl`.
+A token lacking a scope asked for is left to the broker, which answers with a token
+whose grant has it (after a scope upgrade) or with `ScopeNotGranted` and its link.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ import dataclasses
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from token_broker_client._models import AccessToken
+from token_broker_client._scopes import missing
 
 
 class TokenCache:
@@ -29,8 +33,9 @@ class TokenCache:
         self._entries: OrderedDict[str, tuple[AccessToken, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, account: str, min_ttl: float) -> AccessToken | None:
-        """The cached token if it has at least `min_ttl` (and more than 0) seconds left."""
+    def get(self, account: str, min_ttl: float, scopes: Sequence[str] = ()) -> AccessToken | None:
+        """The cached token if it has at least `min_ttl` (and more than 0) seconds left and
+        holds every scope of `scopes` (compared as Google does: `email` is `userinfo.email`)."""
         with self._lock:
             entry = self._entries.get(account)
             if entry is None:
@@ -41,6 +46,8 @@ class TokenCache:
                 if remaining <= 0:
                     del self._entries[account]
                 return None
+            if scopes and missing(scopes, token.scopes):
+                return None  # still good for what it holds: kept
             self._entries.move_to_end(account)
         return dataclasses.replace(token, expires_in=int(remaining))
 

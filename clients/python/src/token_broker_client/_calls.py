@@ -86,10 +86,13 @@ def _each(values: Sequence[str], what: str) -> list[str]:
     return list(values)
 
 
-def access_token(account: str, *, min_ttl: int, force_refresh: bool) -> Call[AccessToken]:
+def access_token(
+    account: str, *, min_ttl: int, force_refresh: bool, scopes: Sequence[str]
+) -> Call[AccessToken]:
     params = [("min_ttl", str(min_ttl))]
     if force_refresh:
         params.append(("force_refresh", "true"))
+    params.extend(("scope", scope) for scope in _each(scopes, "scopes"))
     return Call("GET", account_path(account) + "/access-token", AccessToken.from_json, params)
 
 
@@ -171,15 +174,34 @@ def get_account(account: str) -> Call[Account]:
 
 
 def list_accounts(
-    *, email: str | None, status: str | None, cursor: str | None, limit: int | None
+    *,
+    email: str | None,
+    status: str | None,
+    reason: str | None,
+    cursor: str | None,
+    limit: int | None,
 ) -> Call[AccountPage]:
-    given = {"email": email, "status": status, "cursor": cursor, "limit": limit}
+    given = {"email": email, "status": status, "reason": reason, "cursor": cursor, "limit": limit}
     params = [(name, str(value)) for name, value in given.items() if value is not None]
     return Call("GET", "/v1/accounts", AccountPage.from_json, params)
 
 
 def delete_account(account: str) -> Call[Deletion]:
     return Call("DELETE", account_path(account), Deletion.from_json)
+
+
+def add_scopes(
+    account: str, scopes: Sequence[str], *, return_to: str | None
+) -> Call[Authorization]:
+    wanted = _each(scopes, "scopes")
+    if not wanted:
+        raise ValueError("scopes must name at least one scope to add")
+    body: dict[str, Any] = {"scopes": wanted}
+    if return_to is not None:
+        body["return_to"] = return_to
+    path = account_path(account) + "/authorizations"
+    # Each call starts its own flow (a new id and state): never repeated blindly.
+    return Call("POST", path, Authorization.from_json, json=body, idempotent=False)
 
 
 def start_authorization(
@@ -189,7 +211,7 @@ def start_authorization(
     if login_hint is not None:
         body["login_hint"] = login_hint
     if scopes is not None:
-        body["scopes"] = list(scopes)
+        body["scopes"] = _each(scopes, "scopes")
     if return_to is not None:
         body["return_to"] = return_to
     return Call("POST", "/v1/authorizations", Authorization.from_json, json=body, idempotent=False)

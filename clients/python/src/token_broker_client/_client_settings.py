@@ -8,6 +8,7 @@ Neither logs anything, and neither shows its API key or a token in a repr.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from token_broker_client._cache import TokenCache
 from token_broker_client._calls import NDJSON, Call, StreamCall
 from token_broker_client._errors import (
     AccountNotFound,
+    AccountSuspended,
     BrokerError,
     BrokerUnreachable,
     ReauthorizationRequired,
@@ -73,18 +75,21 @@ class ClientSettings:
             headers={**self.headers, "Accept": NDJSON},
         )  # fmt: skip
 
-    def cached(self, account: str, min_ttl: int, force_refresh: bool) -> AccessToken | None:
+    def cached(
+        self, account: str, min_ttl: int, force_refresh: bool, scopes: Sequence[str]
+    ) -> AccessToken | None:
         if self.token_cache is None or force_refresh:
             return None
-        return self.token_cache.get(account, min_ttl)
+        return self.token_cache.get(account, min_ttl, scopes)
 
     def remember(self, account: str, token: AccessToken, requested_at: float) -> None:
         if self.token_cache is not None:
             self.token_cache.put(account, token, requested_at=requested_at)
 
     def forget_on(self, account: str, error: BrokerError) -> None:
-        """A dead grant or a deleted account: its cached token must not be served again."""
-        if isinstance(error, ReauthorizationRequired | AccountNotFound):
+        """A dead grant, a suspended or deleted account: its cached token must not be served
+        again (the broker serves none either)."""
+        if isinstance(error, ReauthorizationRequired | AccountSuspended | AccountNotFound):
             self.forget(account)
 
     def forget(self, account: str) -> None:

@@ -302,9 +302,12 @@ class CodeExchangeFailed(BrokerProblem):
 
 
 class ScopeNotGranted(BrokerProblem):
-    """The user unticked a required scope (`missing_scopes`); nothing was stored.
+    """The account's grant lacks `missing_scopes`: a token asked for with `scopes`, or a
+    listing that needs one of Gmail's read scopes; or, at connect, the user unticked a
+    required scope (nothing was stored).
 
-    `authorization_url` asks again."""
+    `authorization_url` asks the user for them (an incremental authorization: the account
+    stays the same, its scopes grow)."""
 
     code = "scope_not_granted"
 

@@ -95,7 +95,17 @@ class AccessToken:
 
 @dataclass(frozen=True)
 class Account:
-    """A connected Google account. It never carries a token."""
+    """A connected Google account. It never carries a token.
+
+    `status` is `active`, `revoked` (the grant ended: the user must connect again) or
+    `suspended` (Google disabled the Google account); `status_reason` says why (the
+    broker README's "Grant health": `revoked_by_user`, `expired_testing`, ...; on an
+    active account only `session_policy`), `status_detail` what Google answered and what
+    the broker knew, `status_changed_at` when either last changed. `scopes` are those
+    Google granted, in Google's spelling; `granted_at` is the last consent, and
+    `grant_expires_at` when the grant ends, when that is known (an app in testing
+    status, time-based access). Fields a broker does not send are None.
+    """
 
     id: str
     subject: str
@@ -108,6 +118,12 @@ class Account:
     access_token_expires_at: datetime | None
     # Everything the broker sent, including fields newer than this client.
     raw: dict[str, Any] = field(repr=False, compare=False)
+    email_verified: bool = False
+    status_reason: str | None = None
+    status_detail: str | None = None
+    status_changed_at: datetime | None = None
+    granted_at: datetime | None = None
+    grant_expires_at: datetime | None = None
 
     @classmethod
     def from_json(cls, value: Any) -> Account:
@@ -123,6 +139,12 @@ class Account:
             last_refreshed_at=_optional_time(body, "last_refreshed_at"),
             access_token_expires_at=_optional_time(body, "access_token_expires_at"),
             raw=body,
+            email_verified=body.get("email_verified") is True,
+            status_reason=_optional_str(body, "status_reason"),
+            status_detail=_optional_str(body, "status_detail"),
+            status_changed_at=_optional_time(body, "status_changed_at"),
+            granted_at=_optional_time(body, "granted_at"),
+            grant_expires_at=_optional_time(body, "grant_expires_at"),
         )
 
 

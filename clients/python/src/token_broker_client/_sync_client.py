@@ -95,18 +95,26 @@ class SyncBrokerClient:
     # Tokens
 
     def access_token(
-        self, account: str, *, min_ttl: int | None = None, force_refresh: bool = False
+        self,
+        account: str,
+        *,
+        min_ttl: int | None = None,
+        force_refresh: bool = False,
+        scopes: Sequence[str] = (),
     ) -> AccessToken:
-        """A Google access token for `account` with `min_ttl` seconds left (see `BrokerClient`)."""
+        """A Google access token for `account` with `min_ttl` seconds left, holding `scopes`
+        (see `BrokerClient`)."""
         min_ttl = self._settings.default_min_ttl if min_ttl is None else min_ttl
-        cached = self._settings.cached(account, min_ttl, force_refresh)
+        # Built first, so a malformed argument fails on a cache hit too.
+        call = calls.access_token(
+            account, min_ttl=min_ttl, force_refresh=force_refresh, scopes=scopes
+        )
+        cached = self._settings.cached(account, min_ttl, force_refresh, scopes)
         if cached is not None:
             return cached
         requested_at = self._settings.clock()
         try:
-            token = self._call(
-                calls.access_token(account, min_ttl=min_ttl, force_refresh=force_refresh)
-            )
+            token = self._call(call)
         except BrokerError as error:
             self._settings.forget_on(account, error)
             raise
@@ -254,19 +262,29 @@ class SyncBrokerClient:
         *,
         email: str | None = None,
         status: str | None = None,
+        reason: str | None = None,
         cursor: str | None = None,
         limit: int | None = None,
     ) -> AccountPage:
         return self._call(
-            calls.list_accounts(email=email, status=status, cursor=cursor, limit=limit)
+            calls.list_accounts(
+                email=email, status=status, reason=reason, cursor=cursor, limit=limit
+            )
         )
 
     def iter_accounts(
-        self, *, email: str | None = None, status: str | None = None, page_size: int = 100
+        self,
+        *,
+        email: str | None = None,
+        status: str | None = None,
+        reason: str | None = None,
+        page_size: int = 100,
     ) -> Iterator[Account]:
         cursor: str | None = None
         while True:
-            page = self.list_accounts(email=email, status=status, cursor=cursor, limit=page_size)
+            page = self.list_accounts(
+                email=email, status=status, reason=reason, cursor=cursor, limit=page_size
+            )
             yield from page.items
             if page.next_cursor is None:
                 return
@@ -277,6 +295,11 @@ class SyncBrokerClient:
             return self._call(calls.delete_account(account))
         finally:
             self._settings.forget(account)
+
+    def add_scopes(
+        self, account: str, scopes: Sequence[str], *, return_to: str | None = None
+    ) -> Authorization:
+        return self._call(calls.add_scopes(account, scopes, return_to=return_to))
 
     # Connecting accounts
 
