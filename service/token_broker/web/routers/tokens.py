@@ -37,7 +37,6 @@ router = APIRouter(prefix="/v1/accounts", tags=["tokens"])
 ROUTE = "/v1/accounts/{account}/access-token"
 MAX_MIN_TTL = 3300
 MAX_SCOPES = 20
-MAX_SCOPES = 20
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
