@@ -7,7 +7,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
-from google_sandbox.state import FaultKind, FaultRule, SandboxState
+from google_sandbox.records import FaultKind, FaultRule
+from google_sandbox.state import SandboxState
 
 
 class FaultSpec(BaseModel):

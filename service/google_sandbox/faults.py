@@ -9,7 +9,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from google_sandbox.errors import google_api_error, oauth_error
 from google_sandbox.oauth import AUTHORIZE_PATH
-from google_sandbox.state import FaultRule, SandboxState
+from google_sandbox.records import FaultRule
+from google_sandbox.state import SandboxState
 
 BATCH_PART = "sandbox.batch_part"  # scope key: a call dispatched from a batch request
 _SYNC_ENDPOINTS: dict[tuple[str, ...], str] = {

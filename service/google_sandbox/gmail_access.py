@@ -17,7 +17,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from google_sandbox.errors import google_api_error
-from google_sandbox.state import SandboxState, SandboxUser
+from google_sandbox.records import SandboxUser
+from google_sandbox.state import SandboxState
 
 
 @dataclass(frozen=True)

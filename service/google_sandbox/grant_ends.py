@@ -22,8 +22,8 @@ import time
 from fastapi.responses import JSONResponse, Response
 
 from google_sandbox.errors import NO_STORE, oauth_error
+from google_sandbox.records import Grant, SandboxClient, SandboxUser
 from google_sandbox.scopes import SIGN_IN_SCOPES
-from google_sandbox.state import Grant, SandboxClient, SandboxUser
 
 TESTING_GRANT_LIFETIME = 7 * 86_400
 IDLE_LIMIT = 182 * 86_400  # six months unused

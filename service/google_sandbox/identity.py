@@ -24,8 +24,8 @@ from typing import Any
 from joserfc import jwt
 
 from google_sandbox.keys import SigningKey
+from google_sandbox.records import SandboxClient, SandboxUser
 from google_sandbox.scopes import USERINFO_EMAIL, USERINFO_PROFILE
-from google_sandbox.state import SandboxClient, SandboxUser
 
 ID_TOKEN_LIFETIME = 3600
 

@@ -23,7 +23,8 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
 from google_sandbox.history import NEW_MESSAGE_LABELS, HistoryRecord, check_labels
-from google_sandbox.state import SandboxState, SandboxUser
+from google_sandbox.records import SandboxUser
+from google_sandbox.state import SandboxState
 
 ChangeKind = Literal["add", "relabel", "delete"]
 _RECENT = 50  # the generator changes messages among the newest ones

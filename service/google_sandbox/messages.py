@@ -37,8 +37,9 @@ from fastapi.responses import JSONResponse, Response
 from google_sandbox.errors import google_api_error
 from google_sandbox.gmail_access import gmail_caller
 from google_sandbox.mailbox import Message
+from google_sandbox.records import SandboxUser
 from google_sandbox.scopes import GMAIL_METADATA, MESSAGES_GET_SCOPES, SIGN_IN_SCOPES
-from google_sandbox.state import SandboxState, SandboxUser
+from google_sandbox.state import SandboxState
 
 FORMATS = ("minimal", "metadata", "full", "raw")
 _GET_METHOD = "caribou.api.proto.MailboxService.GetMessage"

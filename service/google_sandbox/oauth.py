@@ -52,6 +52,7 @@ from google_sandbox import identity
 from google_sandbox.consent import consent_page
 from google_sandbox.errors import NO_STORE, error_page, google_api_error, oauth_error
 from google_sandbox.grant_ends import EXPIRED_OR_REVOKED, consented, refusal
+from google_sandbox.records import AccessToken, AuthCode, Grant, SandboxUser
 from google_sandbox.scopes import (
     SIGN_IN_SCOPES,
     google_name,
@@ -59,13 +60,7 @@ from google_sandbox.scopes import (
     invalid_scope_description,
     unknown,
 )
-from google_sandbox.state import (
-    AccessToken,
-    AuthCode,
-    Grant,
-    SandboxState,
-    SandboxUser,
-)
+from google_sandbox.state import SandboxState
 
 AUTHORIZE_PATH = "/o/oauth2/v2/auth"
 SESSION_COOKIE = "SANDBOX_SID"

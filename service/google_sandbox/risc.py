@@ -54,7 +54,8 @@ from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 from pydantic import BaseModel, Field
 
-from google_sandbox.state import SandboxState, SandboxUser, ServiceAccount
+from google_sandbox.records import SandboxUser, ServiceAccount
+from google_sandbox.state import SandboxState
 
 MANAGEMENT_AUDIENCE = (
     "https://risc.googleapis.com/google.identity.risc.v1beta.RiscManagementService"

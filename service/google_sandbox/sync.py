@@ -24,8 +24,9 @@ from google_sandbox.errors import google_api_error
 from google_sandbox.gmail_access import gmail_caller
 from google_sandbox.history import HISTORY_TYPES, HistoryNotFound, check_labels
 from google_sandbox.mailbox import InvalidPageToken
+from google_sandbox.records import SandboxUser
 from google_sandbox.scopes import GMAIL, MESSAGES_LIST_SCOPES
-from google_sandbox.state import SandboxState, SandboxUser
+from google_sandbox.state import SandboxState
 
 HISTORY_SCOPES = MESSAGES_LIST_SCOPES
 PROFILE_SCOPES = MESSAGES_LIST_SCOPES | {GMAIL + "compose"}

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from google_sandbox.browser import consent
-from google_sandbox.state import FaultRule
+from google_sandbox.records import FaultRule
 from tests.support.brokers import TEST_CLIENT_ID, TEST_CLIENT_SECRET, TEST_KEYS, TEST_REDIRECT_URI
 from tests.support.hygiene import register_secret
 from tests.support.polling import eventually

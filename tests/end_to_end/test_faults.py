@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from google_sandbox.state import FaultRule
+from google_sandbox.records import FaultRule
 from tests.support.flow import Live
 from tests.support.hygiene import register_secret
 from token_broker.store.models import Account

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from google_sandbox.browser import consent
-from google_sandbox.state import FaultRule
+from google_sandbox.records import FaultRule
 from tests.support.brokers import TEST_CLIENT_ID, TEST_CLIENT_SECRET, TEST_KEYS, TEST_REDIRECT_URI
 from tests.support.databases import truncate_all
 from tests.support.hygiene import register_secret

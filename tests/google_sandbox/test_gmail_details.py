@@ -20,7 +20,7 @@ import pytest
 
 from google_sandbox import SandboxState, create_sandbox_app
 from google_sandbox.quota import QuotaSettings
-from google_sandbox.state import FaultRule
+from google_sandbox.records import FaultRule
 from tests.support.hygiene import register_secret
 from tests.support.servers import serve
 

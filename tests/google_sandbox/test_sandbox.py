@@ -590,7 +590,7 @@ def test_query_free_words_and_quoted_phrases() -> None:
 async def test_faults_answer_as_google_does_and_are_counted(sandbox: Sandbox) -> None:
     tokens = await sandbox.tokens()
     state = sandbox.state
-    from google_sandbox.state import FaultRule
+    from google_sandbox.records import FaultRule
 
     state.faults.append(FaultRule("gmail.messages.list", status=429, retry_after=7, times=1))
     state.faults.append(

@@ -17,7 +17,7 @@ import pytest
 from sqlmodel import select
 
 from google_sandbox.quota import QuotaSettings
-from google_sandbox.state import FaultRule
+from google_sandbox.records import FaultRule
 from tests.support.flow import Live
 from tests.support.polling import eventually
 from tests.support.servers import serve

@@ -12,7 +12,7 @@ import pytest
 from sqlmodel import select
 
 from google_sandbox.mailbox import generate_mailbox
-from google_sandbox.state import FaultRule
+from google_sandbox.records import FaultRule
 from tests.support.flow import Live
 from tests.support.hygiene import register_secret
 from tests.support.polling import eventually

@@ -19,7 +19,7 @@ import yaml
 from pydantic import SecretStr
 from sqlmodel import select
 
-from google_sandbox.state import FaultRule
+from google_sandbox.records import FaultRule
 from tests.support.brokers import TEST_KEYS
 from tests.support.flow import Live
 from tests.support.hygiene import register_secret
