@@ -88,3 +88,41 @@ async def test_openapi_documents_problem_responses(broker: Broker) -> None:
     docs = await broker.client.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
+
+
+class _DriverError(Exception):
+    """A database driver's error carrying a SQLSTATE, as asyncpg's errors do."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"driver error {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    "sqlstate",
+    [
+        "57P03",  # cannot connect now: the server is starting or shutting down
+        "57P01",  # admin shutdown: the connection was terminated
+        "53300",  # too many connections
+        "08006",  # connection failure
+        "55P03",  # lock not available: a lock wait ran out
+    ],
+)
+def test_a_database_that_cannot_serve_now_is_database_unavailable(sqlstate: str) -> None:
+    from sqlalchemy import exc as sa_exc
+
+    from token_broker.errors import DatabaseUnavailable
+    from token_broker.web.problems import as_broker_error
+
+    error = sa_exc.DBAPIError("SELECT 1", None, _DriverError(sqlstate))
+    assert isinstance(as_broker_error(error), DatabaseUnavailable)
+
+
+def test_a_statement_the_database_rejects_is_still_a_bug() -> None:
+    from sqlalchemy import exc as sa_exc
+
+    from token_broker.web.problems import as_broker_error
+
+    # 42P01: undefined table. Retrying will not help, so it is no outage.
+    error = sa_exc.DBAPIError("SELECT 1", None, _DriverError("42P01"))
+    assert as_broker_error(error) is None

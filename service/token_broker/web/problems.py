@@ -62,10 +62,28 @@ def as_broker_error(error: BaseException) -> BrokerError | None:
         return KeyUnavailable(error.key_id)
     if isinstance(
         error, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError | OSError
-    ) or (isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated):
+    ) or (
+        isinstance(error, sa_exc.DBAPIError)
+        and (error.connection_invalidated or _is_outage_sqlstate(error.orig))
+    ):
         log.warning("database unavailable: %s", type(error).__name__)
         return DatabaseUnavailable(retry_after=2)
     return None
+
+
+# SQLSTATEs that say the server cannot serve now rather than that the statement is wrong:
+# connection exceptions (08), too many connections or out of resources (53), shutdown,
+# restart or a cancelled statement (57: asyncpg raises these as plain driver errors),
+# and a lock wait that ran out (55P03).
+_OUTAGE_SQLSTATE_CLASSES = ("08", "53", "57")
+_OUTAGE_SQLSTATES = ("55P03",)
+
+
+def _is_outage_sqlstate(driver_error: BaseException | None) -> bool:
+    sqlstate = getattr(driver_error, "sqlstate", None)
+    if not isinstance(sqlstate, str):
+        return False
+    return sqlstate[:2] in _OUTAGE_SQLSTATE_CLASSES or sqlstate in _OUTAGE_SQLSTATES
 
 
 def unexpected_error_response() -> JSONResponse:
