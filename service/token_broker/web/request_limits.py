@@ -36,9 +36,14 @@ class RequestLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        refusal = self._refusal(scope)
+        refusal, chunked = self._read_head(scope)
         if refusal is not None:
             await problem_response(refusal)(scope, receive, send)
+            return
+        if not chunked:
+            # No body, or one of a declared length (checked above, and the server reads
+            # no more than it declares): nothing to count.
+            await self.app(scope, receive, send)
             return
         received = 0
         limit = self.max_body_bytes
@@ -66,17 +71,22 @@ class RequestLimits:
                 raise
             await problem_response(PayloadTooLarge())(scope, receive, send)
 
-    def _refusal(self, scope: Scope) -> BrokerError | None:
+    def _read_head(self, scope: Scope) -> tuple[BrokerError | None, bool]:
+        """The problem the request head already earns, if any; and whether its body is
+        chunked (its length unknown until it has arrived)."""
         if len(scope.get("query_string", b"")) > MAX_QUERY_BYTES:
-            return UriTooLong()
+            return UriTooLong(), False
         size = 0
+        chunked = False
         for name, value in scope["headers"]:
             size += len(name) + len(value)
             if name == b"content-length" and value.isdigit() and self._too_long(value):
-                return PayloadTooLarge()
+                return PayloadTooLarge(), False
+            if name == b"transfer-encoding":
+                chunked = True
         if size > MAX_HEADER_BYTES:
-            return HeadersTooLarge()
-        return None
+            return HeadersTooLarge(), False
+        return None, chunked
 
     def _too_long(self, digits: bytes) -> bool:
         # int() refuses strings past 4,300 digits; no body limit has 19.
