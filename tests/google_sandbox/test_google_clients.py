@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -36,19 +35,13 @@ ALICE = "alice@example.com"
 
 
 @pytest.fixture(autouse=True)
-def quiet_client_libraries(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The client libraries log request bodies (codes, tokens) at DEBUG: not into the run log.
+def plain_http_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """oauthlib refuses plain-http redirect URLs; the sandbox is http on loopback.
 
-    oauthlib also refuses plain-http redirect URLs; the sandbox is http on loopback.
+    (The client libraries' DEBUG logs, which hold codes and tokens, are kept out of the
+    run log for the whole suite: tests/support/hygiene.py.)
     """
     monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
-    names = ("requests_oauthlib", "oauthlib", "google", "googleapiclient", "urllib3")
-    levels = {name: logging.getLogger(name).level for name in names}
-    for name in names:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    yield
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
 
 
 class Google:

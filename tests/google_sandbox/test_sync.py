@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -28,17 +27,6 @@ from tests.support.servers import serve
 
 EMAIL = "alice@example.com"
 READONLY = "https://www.googleapis.com/auth/gmail.readonly"
-
-
-@pytest.fixture(autouse=True)
-def quiet_client_libraries() -> Iterator[None]:
-    names = ("google", "googleapiclient", "urllib3")
-    levels = {name: logging.getLogger(name).level for name in names}
-    for name in names:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    yield
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
 
 
 class Pushes:

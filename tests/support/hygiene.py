@@ -61,6 +61,10 @@ def configure(config: pytest.Config) -> None:
     root.setLevel(logging.DEBUG)
     for noisy in ("aiosqlite", "asyncio", "httpx", "httpcore", "hpack", "sqlalchemy"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Google's client libraries and the fuzzer, which tests drive as callers: at DEBUG
+    # they log request lines and token responses of their own, which are not the broker's.
+    for caller in ("urllib3", "requests_oauthlib", "oauthlib", "google", "googleapiclient"):
+        logging.getLogger(caller).setLevel(logging.WARNING)
 
 
 def scan_logs(session: pytest.Session) -> None:
