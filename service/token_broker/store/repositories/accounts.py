@@ -104,10 +104,31 @@ class AccountRepository:
         raising `AmbiguousAccount` with their subjects. Nothing else (which one was
         refreshed last, letter case) decides which account an email names.
         """
-        account = await self.by_subject(provider, reference)
-        if account is not None or "@" not in reference:
-            return account
-        holders = await self.with_verified_email(provider, reference)
+        if "@" not in reference:
+            return await self.by_subject(provider, reference)
+        # One query for both readings (each served by its index), so a lookup by email
+        # costs what a lookup by subject does.
+        result = await self.session.exec(
+            select(Account)
+            .where(
+                # The provider inside each branch, so that each is an index's whole key:
+                # outside, both planners may walk the provider's accounts instead.
+                sa.or_(
+                    sa.and_(Account.provider == provider, Account.subject == reference),
+                    sa.and_(
+                        Account.provider == provider,
+                        Account.email == normalize_email(reference),
+                        col(Account.email_verified),
+                    ),
+                ),
+            )
+            .limit(MAX_SUBJECTS_LISTED + 1)
+        )
+        found = result.all()
+        for account in found:
+            if account.subject == reference:
+                return account
+        holders = sorted(found, key=lambda account: account.subject)[:MAX_SUBJECTS_LISTED]
         if len(holders) > 1:
             raise AmbiguousAccount(subjects=[holder.subject for holder in holders])
         return holders[0] if holders else None
