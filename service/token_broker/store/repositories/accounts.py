@@ -114,10 +114,10 @@ class AccountRepository:
                 # The provider inside each branch, so that each is an index's whole key:
                 # outside, both planners may walk the provider's accounts instead.
                 sa.or_(
-                    sa.and_(Account.provider == provider, Account.subject == reference),
+                    sa.and_(col(Account.provider) == provider, col(Account.subject) == reference),
                     sa.and_(
-                        Account.provider == provider,
-                        Account.email == normalize_email(reference),
+                        col(Account.provider) == provider,
+                        col(Account.email) == normalize_email(reference),
                         col(Account.email_verified),
                     ),
                 ),
