@@ -28,6 +28,17 @@ MAX_SUBJECTS_LISTED = 20
 DATABASE_NOW = sa.type_coerce(sa.func.now(), UTCDateTime())
 
 
+def _holds_verified(provider: str, email: str) -> sa.ColumnElement[bool]:
+    """Accounts of `provider` whose verified address is `email`: ix_accounts_verified_email's
+    whole key and its own predicate (`IS TRUE` says the same, but neither planner proves
+    that it implies the index's WHERE, and without it they scan the provider's accounts)."""
+    return sa.and_(
+        col(Account.provider) == provider,
+        col(Account.email) == normalize_email(email),
+        col(Account.email_verified),
+    )
+
+
 class AccountRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -80,19 +91,12 @@ class AccountRepository:
         """Accounts whose provider verified this address (at most `limit`, by subject).
 
         Served by ix_accounts_verified_email, so it costs the same at any table size.
-        The predicate is the index's own (`IS TRUE` says the same, but neither planner
-        proves that it implies the index's WHERE), and the few rows are ordered here: an
-        ORDER BY subject lets either planner prefer walking the (provider, subject)
-        index and filtering every account of the provider instead.
+        The few rows are ordered here: an ORDER BY subject lets either planner prefer
+        walking the (provider, subject) index and filtering every account of the
+        provider instead.
         """
         result = await self.session.exec(
-            select(Account)
-            .where(
-                Account.provider == provider,
-                Account.email == normalize_email(email),
-                col(Account.email_verified),
-            )
-            .limit(limit)
+            select(Account).where(_holds_verified(provider, email)).limit(limit)
         )
         return sorted(result.all(), key=lambda account: account.subject)
 
@@ -115,11 +119,7 @@ class AccountRepository:
                 # outside, both planners may walk the provider's accounts instead.
                 sa.or_(
                     sa.and_(col(Account.provider) == provider, col(Account.subject) == reference),
-                    sa.and_(
-                        col(Account.provider) == provider,
-                        col(Account.email) == normalize_email(reference),
-                        col(Account.email_verified),
-                    ),
+                    _holds_verified(provider, reference),
                 ),
             )
             .limit(MAX_SUBJECTS_LISTED + 1)
